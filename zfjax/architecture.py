@@ -1,0 +1,333 @@
+"""Layer specs for the paper's convnets, and the geometry that follows from them.
+
+A spec is a tuple of layer records (`Conv`, `Pool`, `Norm`, `Dense`), read top to bottom as
+the forward pass. Everything else -- the Flax module (`zfjax.models`), output shapes,
+parameter counts, receptive fields, the deconvnet's windows -- is derived from it, so a
+new variant is a few lines here and nothing else.
+
+Layer names follow the paper: conv1..conv5, pool1, norm1, ..., fc6, fc7, fc8. A conv or
+dense name stands for its post-ReLU output (fc8: the logits).
+
+Geometry (PAPER.md, Fig. 3 of Zeiler & Fergus, arXiv 1311.2901 v3):
+
+    conv1 7x7/2 pad 1 -> 110x110x96, pool1 3x3/2 ceil -> 55, norm1
+    conv2 5x5/2 pad 0 -> 26x26x256,  pool2 3x3/2 ceil -> 13, norm2
+    conv3, conv4, conv5 3x3/1 pad 1 -> 13x13 x 384, 384, 256
+    pool5 3x3/2 -> 6x6x256 = 9216 -> fc6 4096 -> fc7 4096 -> fc8 C
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence, Union
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv:
+  """Convolution + bias + ReLU. `padding` is symmetric zero padding in pixels."""
+  name: str
+  features: int
+  kernel: int
+  stride: int = 1
+  padding: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Pool:
+  """Max pooling. `ceil=True`: windows start at 0 and the last may overhang the end
+  (cuda-convnet / torch ceil_mode); the overhang is padded with -inf."""
+  name: str
+  window: int = 3
+  stride: int = 2
+  ceil: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Norm:
+  """Local response normalization across maps, AlexNet's formula:
+  b_c = a_c / (k + alpha * sum_{|c'-c| <= size//2} a_c'^2) ** beta.
+  (torch.nn.LocalResponseNorm divides alpha by size: torch alpha = alpha * size.)"""
+  name: str
+  size: int = 5
+  alpha: float = 1e-4
+  beta: float = 0.75
+  k: float = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class AvgPool:
+  """Adaptive average pooling to `size` x `size`, as torch's AdaptiveAvgPool2d."""
+  name: str
+  size: int = 6
+
+
+@dataclasses.dataclass(frozen=True)
+class Dense:
+  """Fully connected layer on the flattened (HWC order) input. `relu=False` for logits."""
+  name: str
+  features: int
+  dropout: float = 0.0
+  relu: bool = True
+
+
+Layer = Union[Conv, Pool, Norm, AvgPool, Dense]
+Spec = tuple  # tuple[Layer, ...]
+
+INPUT_SHAPE = (224, 224, 3)
+
+
+# ----------------------------------------------------------------------------- specs
+
+
+def zfnet(num_classes: int = 1000,
+          conv_features: Sequence[int] = (96, 256, 384, 384, 256),
+          fc_features: Sequence[int] = (4096, 4096),
+          dropout: float = 0.5,
+          norm_before_pool: bool = False,
+          norm: Norm | None = None) -> Spec:
+  """ZFNet as in the paper's Fig. 3. `norm_before_pool=True` gives pytorchcv's layout
+  (normalize right after conv1/conv2's ReLU, then pool); `norm` overrides the
+  normalization's constants (its name is replaced per layer)."""
+  c1, c2, c3, c4, c5 = conv_features
+  norm = norm or Norm('norm')
+  def block(i):
+    n = dataclasses.replace(norm, name=f'norm{i}')
+    p = Pool(f'pool{i}')
+    return (n, p) if norm_before_pool else (p, n)
+  return (
+      Conv('conv1', c1, kernel=7, stride=2, padding=1), *block(1),
+      Conv('conv2', c2, kernel=5, stride=2, padding=0), *block(2),
+      Conv('conv3', c3, kernel=3, stride=1, padding=1),
+      Conv('conv4', c4, kernel=3, stride=1, padding=1),
+      Conv('conv5', c5, kernel=3, stride=1, padding=1),
+      Pool('pool5'),
+  ) + _classifier(num_classes, fc_features, dropout)
+
+
+def zfnet_wide(num_classes: int = 1000, **kwargs) -> Spec:
+  """The paper's model (b): conv3/4/5 with 512/1024/512 maps (Table 2, Table 3)."""
+  return zfnet(num_classes, conv_features=(96, 256, 512, 1024, 512), **kwargs)
+
+
+def alexnet(num_classes: int = 1000,
+            conv_features: Sequence[int] = (96, 256, 384, 384, 256),
+            fc_features: Sequence[int] = (4096, 4096),
+            dropout: float = 0.5) -> Spec:
+  """AlexNet as the paper replicated it: one tower, 11x11/4 conv1, normalize then pool.
+  Padding 2 on conv1 and conv2 gives AlexNet's 55/27/13/6 maps from a 224 input."""
+  c1, c2, c3, c4, c5 = conv_features
+  return (
+      Conv('conv1', c1, kernel=11, stride=4, padding=2), Norm('norm1'), Pool('pool1'),
+      Conv('conv2', c2, kernel=5, stride=1, padding=2), Norm('norm2'), Pool('pool2'),
+      Conv('conv3', c3, kernel=3, stride=1, padding=1),
+      Conv('conv4', c4, kernel=3, stride=1, padding=1),
+      Conv('conv5', c5, kernel=3, stride=1, padding=1),
+      Pool('pool5'),
+  ) + _classifier(num_classes, fc_features, dropout)
+
+
+def _classifier(num_classes, fc_features, dropout) -> Spec:
+  hidden = tuple(Dense(f'fc{6 + i}', f, dropout=dropout) for i, f in enumerate(fc_features))
+  return hidden + (Dense(f'fc{6 + len(fc_features)}', num_classes, relu=False),)
+
+
+def without(spec: Spec, *names: str) -> Spec:
+  """The spec with the named layers removed (Table 3's ablations). The last dense layer
+  keeps its name: removing fc6 and fc7 from ZFNet leaves pool5 -> fc8."""
+  _check_names(spec, names)
+  return tuple(layer for layer in spec if layer.name not in names)
+
+
+def resize(spec: Spec, **features: int) -> Spec:
+  """The spec with the named conv/dense layers given new widths, e.g. resize(s, fc6=8192)."""
+  _check_names(spec, features)
+  return tuple(dataclasses.replace(layer, features=features[layer.name])
+               if layer.name in features else layer for layer in spec)
+
+
+def _check_names(spec: Spec, names) -> None:
+  unknown = sorted(set(names) - set(layer_names(spec)))
+  if unknown:
+    raise ValueError(f'unknown layer(s) {unknown}; this spec has {layer_names(spec)}')
+
+
+# -------------------------------------------------------------------------- geometry
+
+
+def layer_names(spec: Spec) -> tuple[str, ...]:
+  return tuple(layer.name for layer in spec)
+
+
+def conv_names(spec: Spec) -> tuple[str, ...]:
+  return tuple(layer.name for layer in spec if isinstance(layer, Conv))
+
+
+def layer(spec: Spec, name: str) -> Layer:
+  """The layer record called `name`; ValueError naming the valid layers otherwise."""
+  for record in spec:
+    if record.name == name:
+      return record
+  raise ValueError(f'unknown layer {name!r}; this spec has {layer_names(spec)}')
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+  return (size + 2 * padding - kernel) // stride + 1
+
+
+def pool_output_size(size: int, window: int, stride: int, ceil: bool) -> int:
+  steps = (size - window) / stride
+  return (math.ceil(steps) if ceil else math.floor(steps)) + 1
+
+
+def pool_overhang(size: int, window: int, stride: int, ceil: bool) -> int:
+  """Cells of -inf padding after the end so every pooling window is whole."""
+  out = pool_output_size(size, window, stride, ceil)
+  return max(0, (out - 1) * stride + window - size)
+
+
+def shapes(spec: Spec, input_shape: Sequence[int] = INPUT_SHAPE) -> dict[str, tuple[int, ...]]:
+  """Output shape (without batch) of every layer: (H, W, C) for maps, (F,) for dense."""
+  h, w, c = input_shape
+  flat = None
+  out = {}
+  for record in spec:
+    if isinstance(record, Conv):
+      h = conv_output_size(h, record.kernel, record.stride, record.padding)
+      w = conv_output_size(w, record.kernel, record.stride, record.padding)
+      c = record.features
+    elif isinstance(record, Pool):
+      h = pool_output_size(h, record.window, record.stride, record.ceil)
+      w = pool_output_size(w, record.window, record.stride, record.ceil)
+    elif isinstance(record, AvgPool):
+      h = w = record.size
+    elif isinstance(record, Dense):
+      flat = record.features
+    if flat is None:
+      if h < 1 or w < 1:
+        raise ValueError(f'input {tuple(input_shape)} is too small for this spec: '
+                         f'{record.name} would have size {h}x{w}')
+      out[record.name] = (h, w, c)
+    else:
+      out[record.name] = (flat,)
+  return out
+
+
+def num_params(spec: Spec, input_shape: Sequence[int] = INPUT_SHAPE) -> int:
+  """Number of weights and biases."""
+  total = 0
+  previous = tuple(input_shape)
+  for record, shape in shapes(spec, input_shape).items():
+    record = layer(spec, record)
+    if isinstance(record, Conv):
+      total += record.kernel ** 2 * previous[-1] * record.features + record.features
+    elif isinstance(record, Dense):
+      total += math.prod(previous) * record.features + record.features
+    previous = shape
+  return total
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+  """Affine map from a unit's position at some layer to a window of a lower layer's
+  output (or the input image): the unit at (y, x) sees rows `y * stride + offset` up to
+  `+ size` (exclusive) and likewise for columns. `offset` may be negative and the window
+  may run past the end: those cells are padding."""
+  stride: int
+  offset: int
+  size: int
+
+  def start(self, position):
+    return position * self.stride + self.offset
+
+
+def windows(spec: Spec, name: str) -> list[tuple[str, Window]]:
+  """For a unit of map layer `name`, its window at every layer below it, top to bottom,
+  ending with ('input', window in pixels). The first entry is (name, Window(1, 0, 1)).
+
+  A unit's input window at a conv (kernel k, stride s, pad p) or pool layer grows to
+  (size - 1) * s + k cells starting at start * s - p; normalization is pointwise in space.
+  """
+  below = _layers_below(spec, name)
+  current = Window(stride=1, offset=0, size=1)
+  out = [(name, current)]
+  for record, input_name in below:
+    k, s, p = _kernel_stride_pad(record)
+    current = Window(stride=current.stride * s, offset=current.offset * s - p,
+                     size=(current.size - 1) * s + k)
+    out.append((input_name, current))
+  return out
+
+
+def receptive_field(spec: Spec, name: str, y, x):
+  """Pixel window of the unit at (y, x) of map layer `name`:
+  ((row_start, col_start), size). Starts may be negative and the window may run past
+  the image: clip with `clip_window` for crops."""
+  window = windows(spec, name)[-1][1]
+  return (window.start(y), window.start(x)), window.size
+
+
+def clip_window(start: int, size: int, limit: int) -> tuple[int, int]:
+  """[start, start + size) clipped to [0, limit): (start, stop)."""
+  return max(0, start), min(limit, start + size)
+
+
+def _kernel_stride_pad(record: Layer) -> tuple[int, int, int]:
+  if isinstance(record, Conv):
+    return record.kernel, record.stride, record.padding
+  if isinstance(record, Pool):
+    return record.window, record.stride, 0
+  if isinstance(record, Norm):
+    return 1, 1, 0
+  raise ValueError(f'{record.name} ({type(record).__name__}) has no spatial window: '
+                   'projections and receptive fields are defined for the conv part')
+
+
+def _layers_below(spec: Spec, name: str) -> list[tuple[Layer, str]]:
+  """(layer, name of its input) from `name` down to the first layer; input name 'input'."""
+  names = layer_names(spec)
+  record = layer(spec, name)
+  if isinstance(record, Dense) or any(isinstance(r, (Dense, AvgPool))
+                                      for r in spec[:names.index(name) + 1]):
+    raise ValueError(f'{name} is not a spatial map layer; map layers: {map_names(spec)}')
+  i = names.index(name)
+  return [(spec[j], names[j - 1] if j else 'input') for j in range(i, -1, -1)]
+
+
+def map_names(spec: Spec) -> tuple[str, ...]:
+  """Names of the layers whose outputs are (H, W, C) maps with a spatial geometry."""
+  out = []
+  for record in spec:
+    if isinstance(record, (Dense, AvgPool)):
+      break
+    out.append(record.name)
+  return tuple(out)
+
+
+def small_zfnet(num_classes: int = 10,
+                conv_features: Sequence[int] = (32, 64, 96, 96, 64),
+                fc_features: Sequence[int] = (256, 256),
+                dropout: float = 0.5) -> Spec:
+  """ZFNet's layer sequence (conv-pool-norm twice, three convs, pool, two fc) scaled
+  down for 32x32 inputs (the offline digits run): 3x3/1 convs, the same 3x3/2 ceil pools
+  and normalization: 32 -> 16 -> 8 -> 4x4xC5 into fc6."""
+  c1, c2, c3, c4, c5 = conv_features
+  return (
+      Conv('conv1', c1, kernel=3, stride=1, padding=1), Pool('pool1'), Norm('norm1'),
+      Conv('conv2', c2, kernel=3, stride=1, padding=1), Pool('pool2'), Norm('norm2'),
+      Conv('conv3', c3, kernel=3, stride=1, padding=1),
+      Conv('conv4', c4, kernel=3, stride=1, padding=1),
+      Conv('conv5', c5, kernel=3, stride=1, padding=1),
+      Pool('pool5'),
+  ) + _classifier(num_classes, fc_features, dropout)
+
+
+SPECS = {'zfnet': zfnet, 'zfnet_wide': zfnet_wide, 'alexnet': alexnet,
+         'small_zfnet': small_zfnet}
+
+
+def get(name: str, num_classes: int, **kwargs) -> Spec:
+  """The spec called `name` (a key of SPECS), for config files."""
+  if name not in SPECS:
+    raise ValueError(f'unknown model {name!r}; choose one of {sorted(SPECS)}')
+  return SPECS[name](num_classes, **kwargs)

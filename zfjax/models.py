@@ -1,0 +1,160 @@
+"""The paper's convnets as one Flax linen module driven by a layer spec.
+
+    model = models.ZFNet(num_classes=1000)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
+    logits = model.apply(variables, images)                         # inference
+    logits = model.apply(variables, images, train=True, rngs={'dropout': key})
+    maps = models.activations(model, variables, images, ('conv1', 'conv5'))
+
+Parameters are named after the layers, {'conv1': {'kernel', 'bias'}, ..., 'fc8': ...}:
+conv kernels HWIO, dense kernels (in, out), fc6's input the last map flattened in HWC
+order. Initialization follows the paper: normal(std 1e-2) weights, zero biases.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from zfjax import architecture
+from zfjax.architecture import AvgPool, Conv, Dense, Norm, Pool
+
+Array = jax.Array
+
+PAPER_INIT = nn.initializers.normal(stddev=1e-2)
+
+
+def local_response_norm(x: Array, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
+                        k: float = 2.0) -> Array:
+  """AlexNet's normalization across the channel axis of an NHWC map:
+  x_c / (k + alpha * sum over the `size` maps centred on c of x^2) ** beta."""
+  half = size // 2
+  squares = lax.reduce_window(jnp.square(x), 0.0, lax.add, (1, 1, 1, size), (1, 1, 1, 1),
+                              ((0, 0), (0, 0), (0, 0), (half, size - 1 - half)))
+  return x / (k + alpha * squares) ** beta
+
+
+def max_pool(x: Array, record: Pool) -> Array:
+  """Max pooling of an NHWC map; ceil mode pads the overhang with -inf."""
+  pad_h = architecture.pool_overhang(x.shape[1], record.window, record.stride, record.ceil)
+  pad_w = architecture.pool_overhang(x.shape[2], record.window, record.stride, record.ceil)
+  return nn.max_pool(x, (record.window,) * 2, strides=(record.stride,) * 2,
+                     padding=((0, pad_h), (0, pad_w)))
+
+
+def adaptive_avg_pool(x: Array, size: int) -> Array:
+  """torch's AdaptiveAvgPool2d: output cell i averages rows floor(i*H/size) to
+  ceil((i+1)*H/size)."""
+  def pool_axis(x, axis):
+    n = x.shape[axis]
+    cells = [jnp.mean(lax.slice_in_dim(x, (i * n) // size, -(-(i + 1) * n // size), axis=axis),
+                      axis=axis, keepdims=True) for i in range(size)]
+    return jnp.concatenate(cells, axis=axis)
+  return pool_axis(pool_axis(x, 1), 2)
+
+
+class ConvNet(nn.Module):
+  """A convnet built from an `architecture` spec.
+
+  Attributes:
+    spec: tuple of layer records (see zfjax.architecture).
+    dtype: computation dtype (params stay float32); bfloat16 is the usual GPU choice.
+    kernel_init, bias_init: the paper's normal(1e-2) and zeros by default.
+    relu, normalize: the nonlinearity and the normalization function
+      (x, Norm record) -> y. The deconvnet swaps them for versions with other
+      backward passes (zfjax.deconv); nothing else should need to.
+  """
+  spec: tuple
+  dtype: Any = jnp.float32
+  kernel_init: Callable = PAPER_INIT
+  bias_init: Callable = nn.initializers.zeros
+  relu: Callable[[Array], Array] = nn.relu
+  normalize: Callable[[Array, Norm], Array] = (
+      lambda x, r: local_response_norm(x, r.size, r.alpha, r.beta, r.k))
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    """Logits for a batch of NHWC images. Every layer's output is also sown into the
+    'intermediates' collection as one dict {layer name: output} (see `activations`)."""
+    check_images(x, self.spec)
+    images_shape = x.shape
+    x = x.astype(self.dtype)
+    for record in self.spec:
+      if isinstance(record, Conv):
+        x = nn.Conv(record.features, (record.kernel,) * 2, strides=(record.stride,) * 2,
+                    padding=[(record.padding, record.padding)] * 2, dtype=self.dtype,
+                    kernel_init=self.kernel_init, bias_init=self.bias_init,
+                    name=record.name)(x)
+        x = self.relu(x)
+      elif isinstance(record, Pool):
+        x = max_pool(x, record)
+      elif isinstance(record, Norm):
+        x = self.normalize(x, record)
+      elif isinstance(record, AvgPool):
+        x = adaptive_avg_pool(x, record.size)
+      elif isinstance(record, Dense):
+        x = x.reshape(x.shape[0], -1)
+        _check_dense_input(self, record.name, x, images_shape)
+        x = nn.Dense(record.features, dtype=self.dtype, kernel_init=self.kernel_init,
+                     bias_init=self.bias_init, name=record.name)(x)
+        if record.relu:
+          x = self.relu(x)
+        if record.dropout:
+          x = nn.Dropout(record.dropout, deterministic=not train)(x)
+      self.sow('intermediates', 'layers', {record.name: x}, init_fn=dict,
+               reduce_fn=lambda layers, new: {**layers, **new})
+    return x.astype(jnp.float32)
+
+
+def ZFNet(num_classes: int = 1000, **kwargs) -> ConvNet:  # pylint: disable=invalid-name
+  """The paper's ZFNet (Fig. 3). Keyword arguments go to `architecture.zfnet`
+  (conv_features, fc_features, dropout, norm_before_pool, norm)."""
+  return ConvNet(architecture.zfnet(num_classes, **kwargs))
+
+
+def ZFNetWide(num_classes: int = 1000, **kwargs) -> ConvNet:  # pylint: disable=invalid-name
+  """The paper's wide model (b): conv3/4/5 with 512/1024/512 maps."""
+  return ConvNet(architecture.zfnet_wide(num_classes, **kwargs))
+
+
+def AlexNet(num_classes: int = 1000, **kwargs) -> ConvNet:  # pylint: disable=invalid-name
+  """AlexNet as replicated in the paper (single tower, normalize then pool)."""
+  return ConvNet(architecture.alexnet(num_classes, **kwargs))
+
+
+def check_images(x, spec: tuple) -> None:
+  """ValueError unless x is a batch of NHWC RGB images large enough for this spec."""
+  if getattr(x, 'ndim', None) != 4:
+    raise ValueError(f'expected a batch of NHWC images of rank 4, got shape '
+                     f'{getattr(x, "shape", type(x).__name__)}; add a batch axis with x[None]')
+  if x.shape[-1] != 3:
+    raise ValueError(f'expected 3 color channels last (NHWC), got shape {x.shape}')
+  architecture.shapes(spec, x.shape[1:])  # raises if a map would be empty
+
+
+def _check_dense_input(module: nn.Module, name: str, x: Array, images_shape) -> None:
+  params = module.variables.get('params', {})
+  if name in params and params[name]['kernel'].shape[0] != x.shape[-1]:
+    raise ValueError(
+        f'{name} was initialized for {params[name]["kernel"].shape[0]} input features but '
+        f'images of shape {tuple(images_shape)} give {x.shape[-1]}: use images of the size '
+        f'the model was initialized with (224x224 for the paper\'s models)')
+
+
+def activations(model: ConvNet, variables, images: Array,
+                layers: Sequence[str]) -> dict[str, Array]:
+  """The outputs of the named layers for a batch of images, from one forward pass
+  (inference mode). Conv and dense names give post-ReLU outputs; fc8 gives logits.
+  Under jit, layers above the highest one asked for are not computed."""
+  layers = tuple(layers)
+  names = architecture.layer_names(model.spec)
+  unknown = [name for name in layers if name not in names]
+  if unknown:
+    raise ValueError(f'unknown layer(s) {unknown}; this model has {names}')
+  _, state = model.apply(variables, images, mutable=['intermediates'])
+  outputs = state['intermediates']['layers']
+  return {name: outputs[name] for name in layers}

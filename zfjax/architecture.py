@@ -259,17 +259,25 @@ def windows(spec: Spec, name: str) -> list[tuple[str, Window]]:
   return out
 
 
-def receptive_field(spec: Spec, name: str, y, x):
-  """Pixel window of the unit at (y, x) of map layer `name`:
-  ((row_start, col_start), size). Starts may be negative and the window may run past
-  the image: clip with `clip_window` for crops."""
-  window = windows(spec, name)[-1][1]
-  return (window.start(y), window.start(x)), window.size
+def receptive_field(spec: Spec, name: str, y: int, x: int,
+                    input_shape: Sequence[int] = INPUT_SHAPE):
+  """The pixels that unit (y, x) of map layer `name` sees: ((row_start, row_stop),
+  (col_start, col_stop)), stops exclusive. Exact: at every layer the window is clipped
+  to the map, since padding cells carry no pixels, so near borders it is smaller than
+  the nominal window of `windows` (which the deconvnet uses for its static cone)."""
+  sizes = shapes(spec, input_shape)
+  rows, cols = (y, y + 1), (x, x + 1)
+  for record, input_name in _layers_below(spec, name):
+    k, s, p = _kernel_stride_pad(record)
+    height, width = (input_shape if input_name == 'input' else sizes[input_name])[:2]
+    rows = _input_span(rows, k, s, p, height)
+    cols = _input_span(cols, k, s, p, width)
+  return rows, cols
 
 
-def clip_window(start: int, size: int, limit: int) -> tuple[int, int]:
-  """[start, start + size) clipped to [0, limit): (start, stop)."""
-  return max(0, start), min(limit, start + size)
+def _input_span(span, kernel, stride, padding, limit):
+  start, stop = span
+  return max(0, start * stride - padding), min(limit, (stop - 1) * stride - padding + kernel)
 
 
 def _kernel_stride_pad(record: Layer) -> tuple[int, int, int]:

@@ -1,0 +1,190 @@
+"""The deconvnet: the literal cone path against the gradient formulation, switches,
+unpooling, the rules and bad input. (tests/test_deconv_torch.py checks against an
+independent PyTorch deconvnet.)"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zfjax import architecture, deconv, models
+from testing_models import alive_variables, random_images
+
+# Full ZFNet conv geometry, narrow maps: fast, and the cones are the paper's.
+SPEC = architecture.zfnet(num_classes=4, conv_features=(12, 16, 24, 24, 16),
+                          fc_features=(8, 8))
+CHANNELS = jnp.array([0, 5, 11])
+
+
+@pytest.fixture(scope='module')
+def setup():
+  model = models.ConvNet(SPEC)
+  return model, alive_variables(model), random_images(2)
+
+
+@pytest.mark.parametrize('rule', deconv.RULES)
+@pytest.mark.parametrize('layer', ['conv1', 'conv2', 'conv3', 'conv4', 'conv5'])
+def test_literal_equals_gradient_formulation(setup, layer, rule):
+  model, variables, images = setup
+  literal = deconv.project(model, variables, images, layer, CHANNELS, rule=rule)
+  gradient = deconv.project(model, variables, images, layer, CHANNELS, rule=rule,
+                            method='gradient')
+  assert literal.shape == (2, 3, 224, 224, 3)
+  scale = float(jnp.abs(gradient).max())
+  assert scale > 0
+  np.testing.assert_allclose(literal, gradient, atol=1e-5 * scale)
+
+
+def test_rules_differ_and_deconvnet_ignores_forward_signs(setup):
+  model, variables, images = setup
+  out = {rule: deconv.project(model, variables, images, 'conv3', CHANNELS, rule=rule)
+         for rule in deconv.RULES}
+  assert not np.allclose(out['deconvnet'], out['guided'])
+  assert not np.allclose(out['guided'], out['backprop'])
+  # The deconvnet's ReLU backward rectifies the signal but never looks at the forward
+  # signs, so it is not the gradient.
+  assert float(jnp.abs(out['deconvnet'] - out['backprop']).max()) > 1e-3
+
+
+def test_projection_is_the_seed_times_the_filter_at_conv1(setup):
+  """conv1: the transposed filter of the channel, scaled by the activation, placed at
+  the unit's receptive field (one step of the chain, checked by hand)."""
+  model, variables, images = setup
+  acts = models.activations(model, variables, images[:1], ('conv1',))['conv1'][0]
+  channel = 5
+  flat = int(jnp.argmax(acts[..., channel]))
+  y, x = divmod(flat, acts.shape[1])
+  value = float(acts[y, x, channel])
+  proj = np.asarray(deconv.project(model, variables, images[:1], 'conv1', [channel]))[0, 0]
+  kernel = np.asarray(variables['params']['conv1']['kernel'])[..., channel]   # (7, 7, 3)
+  expected = np.zeros((226, 226, 3), np.float32)                              # padded image
+  expected[2 * y:2 * y + 7, 2 * x:2 * x + 7] = value * kernel
+  np.testing.assert_allclose(proj, expected[1:225, 1:225], rtol=1e-5, atol=1e-5)
+
+
+def test_project_units_equals_project_for_the_strongest(setup):
+  model, variables, images = setup
+  acts = models.activations(model, variables, images, ('conv4',))['conv4']
+  units = deconv.strongest(acts, CHANNELS)
+  by_units = deconv.project_units(model, variables, images, 'conv4', units.image,
+                                  units.channel, units.y, units.x)
+  grid = deconv.project(model, variables, images, 'conv4', CHANNELS)
+  np.testing.assert_allclose(by_units.reshape(grid.shape), grid, rtol=1e-6, atol=1e-6)
+  by_gradient = deconv.project_units(model, variables, images, 'conv4', units.image,
+                                     units.channel, units.y, units.x, method='gradient')
+  np.testing.assert_allclose(by_gradient.reshape(grid.shape), grid, atol=1e-5 * float(
+      jnp.abs(grid).max()))
+
+
+def test_strongest_ties_go_to_the_first_in_row_major_order():
+  feature_map = jnp.zeros((1, 4, 5, 2)).at[0, 1, 3, 0].set(2.0).at[0, 2, 1, 0].set(2.0)
+  units = deconv.strongest(feature_map, jnp.array([0, 1]))
+  assert (units.y.tolist(), units.x.tolist(), units.value.tolist()) == ([1, 0], [3, 0],
+                                                                        [2.0, 0.0])
+
+
+def test_switches_pick_the_first_maximum_of_each_window():
+  record = architecture.Pool('pool')
+  x = jnp.array([[0., 5., 5., 1., 0.],
+                 [0., 1., 2., 9., 0.],
+                 [0., 0., 0., 0., 0.],
+                 [0., 0., 0., 0., 0.],
+                 [7., 0., 0., 0., 7.]]).reshape(1, 5, 5, 1)
+  where = deconv.switches(x, record)[0, ..., 0]
+  # windows (rows 0-2, cols 0-2): first 5 at (0, 1); (rows 0-2, cols 2-4): 9 at (1, 1);
+  # (rows 2-4, cols 0-2): 7 at (2, 0); (rows 2-4, cols 2-4): 7 at (2, 2).
+  np.testing.assert_array_equal(where, [[1, 4], [6, 8]])
+  zeros = deconv.switches(jnp.zeros((1, 110, 110, 3)), record)
+  assert zeros.shape == (1, 55, 55, 3) and int(jnp.abs(zeros).max()) == 0
+
+
+def test_switches_agree_with_the_pool_and_ignore_the_overhang():
+  record = architecture.Pool('pool1')
+  x = jax.random.normal(jax.random.key(0), (2, 110, 110, 4))
+  where = deconv.switches(x, record)
+  pooled = models.max_pool(x, record)
+  dy, dx = where // 3, where % 3
+  rows = 2 * jnp.arange(55)[None, :, None, None] + dy
+  cols = 2 * jnp.arange(55)[None, None, :, None] + dx
+  assert int(rows.max()) <= 109 and int(cols.max()) <= 109
+  picked = x[jnp.arange(2)[:, None, None, None], rows, cols, jnp.arange(4)]
+  np.testing.assert_array_equal(picked, pooled)
+
+
+def test_unpool_adds_values_that_share_a_switch():
+  record = architecture.Pool('pool')
+  # Both windows along a row (cols 0-2 and 2-4) chose column 2: their values add there.
+  signal = jnp.array([[3.0, 4.0]]).reshape(1, 2, 1)
+  where = jnp.array([[2, 0]]).reshape(1, 2, 1)
+  out = deconv.unpool(signal[None], where[None], record)[0, ..., 0]
+  assert out.shape == (3, 5)
+  expected = np.zeros((3, 5))
+  expected[0, 2] = 7.0
+  np.testing.assert_array_equal(out, expected)
+
+
+def test_all_zero_image_gives_finite_zero_free_ties(setup):
+  model, variables, _ = setup
+  images = jnp.zeros((1, 224, 224, 3))
+  for method in deconv.METHODS:
+    out = deconv.project(model, variables, images, 'conv5', CHANNELS, method=method)
+    assert bool(jnp.isfinite(out).all())
+  literal = deconv.project(model, variables, images, 'conv5', CHANNELS)
+  gradient = deconv.project(model, variables, images, 'conv5', CHANNELS, method='gradient')
+  np.testing.assert_allclose(literal, gradient, atol=1e-5 * (float(jnp.abs(gradient).max())
+                                                             + 1e-12))
+
+
+@pytest.mark.parametrize('spec', [
+    architecture.alexnet(num_classes=3, conv_features=(8, 8, 8, 8, 8), fc_features=(4, 4)),
+    architecture.zfnet(num_classes=3, conv_features=(8, 8, 8, 8, 8), fc_features=(4, 4),
+                       norm_before_pool=True),
+    architecture.without(architecture.zfnet(num_classes=3, conv_features=(8, 8, 8, 8, 8),
+                                            fc_features=(4, 4)), 'conv3', 'conv4'),
+], ids=['alexnet', 'norm_before_pool', 'without_conv3_conv4'])
+def test_other_variants_literal_equals_gradient(spec):
+  model = models.ConvNet(spec)
+  variables = alive_variables(model)
+  images = random_images(1)
+  for rule in ('deconvnet',):
+    literal = deconv.project(model, variables, images, 'conv5', jnp.arange(3), rule=rule)
+    gradient = deconv.project(model, variables, images, 'conv5', jnp.arange(3), rule=rule,
+                              method='gradient')
+    np.testing.assert_allclose(literal, gradient, atol=1e-5 * float(jnp.abs(gradient).max()))
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(layer='pool2'), "cannot project from layer 'pool2'"),
+    (dict(layer='conv9'), "cannot project from layer 'conv9'"),
+    (dict(channels=[16]), r'channels out of range: got values in \[16, 16\] but conv5 has 16'),
+    (dict(channels=[-1]), 'channels out of range'),
+    (dict(channels=[[0, 1]]), '1-D array of integer'),
+    (dict(channels=[0.5]), '1-D array of integer'),
+    (dict(rule='lrp'), "unknown rule 'lrp'"),
+    (dict(method='fast'), "unknown method 'fast'"),
+    (dict(images=jnp.zeros((224, 224, 3))), 'rank 4'),
+    (dict(images=jnp.zeros((1, 224, 224, 4))), '3 color channels'),
+])
+def test_bad_input_is_a_clear_value_error(setup, kwargs, message):
+  model, variables, images = setup
+  args = dict(images=images[:1], layer='conv5', channels=[0])
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=message):
+    deconv.project(model, variables, args.pop('images'), args.pop('layer'),
+                   args.pop('channels'), **args)
+
+
+def test_project_units_rejects_positions_outside_the_map(setup):
+  model, variables, images = setup
+  with pytest.raises(ValueError, match=r'y out of range.*13'):
+    deconv.project_units(model, variables, images, 'conv5', [0], [0], [13], [0])
+  with pytest.raises(ValueError, match='image out of range'):
+    deconv.project_units(model, variables, images, 'conv5', [2], [0], [0], [0])
+  with pytest.raises(ValueError, match='one entry per unit'):
+    deconv.project_units(model, variables, images, 'conv5', [0, 1], [0], [0], [0])
+
+
+def test_empty_channel_list(setup):
+  model, variables, images = setup
+  out = deconv.project(model, variables, images, 'conv2', jnp.zeros((0,), jnp.int32))
+  assert out.shape == (2, 0, 224, 224, 3)

@@ -1,0 +1,26 @@
+"""Shared test helpers: models whose deep layers are alive with random weights."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def alive_variables(model, seed=0, image_size=224):
+  """Variables with He-normal kernels and small positive biases: unlike the paper's
+  normal(1e-2) init, conv5 is far from all-zero on random images, so tests see real
+  switches and real signs."""
+  variables = model.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3)))
+  key = jax.random.key(seed + 1)
+  leaves, tree = jax.tree_util.tree_flatten(variables['params'])
+  keys = jax.random.split(key, len(leaves))
+  def draw(k, leaf):
+    if leaf.ndim == 1:
+      return jax.random.uniform(k, leaf.shape, maxval=0.1)
+    fan_in = np.prod(leaf.shape[:-1])
+    return jax.random.normal(k, leaf.shape) * np.sqrt(2.0 / fan_in)
+  return {'params': jax.tree_util.tree_unflatten(tree, [draw(k, l) for k, l in zip(keys, leaves)])}
+
+
+def random_images(n, seed=0, size=224):
+  """Images on the paper's scale (mean-subtracted 0-255 values)."""
+  return 60.0 * jax.random.normal(jax.random.key(100 + seed), (n, size, size, 3))

@@ -1,0 +1,32 @@
+"""The README's promises: its notebook example runs, and CI runs its own commands."""
+
+import pathlib
+import re
+import subprocess
+
+import jax
+import jax.numpy as jnp
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = (ROOT / 'README.md').read_text()
+
+
+def test_notebook_example_runs_as_written():
+  example = re.search(r'## Look inside a convnet.*?```python\n(.*?)```', README, re.S).group(1)
+  namespace = {'images': 60.0 * jax.random.normal(jax.random.key(0), (1, 224, 224, 3))}
+  exec(example, namespace)  # pylint: disable=exec-used
+  proj = namespace['proj']
+  assert proj.shape == (1, 16, 224, 224, 3) and bool(jnp.isfinite(proj).all())
+
+
+def test_ci_runs_the_readme_blocks():
+  blocks = {}
+  for name in ('install', 'run', 'test'):
+    out = subprocess.run(
+        ['bash', '-c', f'source <(sed -n "/^readme_block()/,/^}}/p" .ci/run); '
+                       f'readme_block {name}'],
+        cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    blocks[name] = out
+  assert 'pip install -e ".[test]"' in blocks['install']
+  assert blocks['run'].strip() == 'python train.py --config configs/digits.py --workdir /tmp/zf'
+  assert blocks['test'].strip() == 'python -m pytest -q'

@@ -1,0 +1,88 @@
+"""Occlusion sensitivity: the incremental evaluation equals a full forward per position."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zfjax import architecture, deconv, models, occlusion
+from testing_models import alive_variables, random_images
+
+SPEC = architecture.zfnet(num_classes=10, conv_features=(12, 16, 24, 24, 16),
+                          fc_features=(32, 32))
+
+
+@pytest.fixture(scope='module')
+def setup():
+  model = models.ConvNet(SPEC)
+  variables = jax.tree.map(lambda a: 0.5 * a, alive_variables(model))  # unsaturated softmax
+  return model, variables, random_images(1)[0]
+
+
+@pytest.mark.parametrize('patch,stride,fill', [(32, 16, 0.0), (48, 20, 0.0), (7, 29, 30.0),
+                                               (224, 1, -50.0)])
+def test_incremental_equals_naive(setup, patch, stride, fill):
+  model, variables, image = setup
+  fast = occlusion.sensitivity(model, variables, image, 3, patch=patch, stride=stride,
+                               fill=fill)
+  slow = occlusion.sensitivity(model, variables, image, 3, patch=patch, stride=stride,
+                               fill=fill, method='naive')
+  rows = (224 - patch) // stride + 1
+  assert fast.prob.shape == fast.top_class.shape == fast.feature.shape == (rows, rows)
+  np.testing.assert_allclose(fast.prob, slow.prob, atol=1e-5)
+  np.testing.assert_array_equal(fast.top_class, slow.top_class)
+  np.testing.assert_allclose(fast.feature, slow.feature, rtol=1e-5,
+                             atol=1e-5 * float(slow.unoccluded_feature))
+  assert float(jnp.abs(fast.prob - fast.unoccluded_prob).max()) > 1e-4  # it matters
+
+
+def test_maps_mean_what_the_paper_says(setup):
+  model, variables, image = setup
+  maps = occlusion.sensitivity(model, variables, image, 3, patch=64, stride=32)
+  acts = models.activations(model, variables, image[None], ('conv5', 'fc8'))
+  conv5 = acts['conv5'][0]
+  assert int(maps.channel) == int(jnp.argmax(conv5.reshape(-1, 16).max(0)))
+  np.testing.assert_allclose(maps.unoccluded_feature, conv5[..., maps.channel].sum(), rtol=1e-6)
+  np.testing.assert_allclose(maps.unoccluded_prob, jax.nn.softmax(acts['fc8'][0])[3], rtol=1e-6)
+  # Occluding position (0, 0) by hand gives the same probability.
+  occluded = image.at[:64, :64].set(0.0)
+  logits = model.apply(variables, occluded[None])[0]
+  np.testing.assert_allclose(maps.prob[0, 0], jax.nn.softmax(logits)[3], rtol=1e-5)
+  assert int(maps.top_class[0, 0]) == int(jnp.argmax(logits))
+  projection = deconv.project(model, variables, image[None], 'conv5', maps.channel[None])
+  np.testing.assert_allclose(maps.projection, projection[0, 0], rtol=1e-6)
+
+
+@pytest.mark.parametrize('spec', [
+    architecture.alexnet(num_classes=5, conv_features=(8, 8, 8, 8, 8), fc_features=(8, 8)),
+    architecture.zfnet(num_classes=5, conv_features=(8, 8, 8, 8, 8), fc_features=(8, 8),
+                       norm_before_pool=True),
+], ids=['alexnet', 'norm_before_pool'])
+def test_incremental_equals_naive_on_other_variants(spec):
+  model = models.ConvNet(spec)
+  variables = jax.tree.map(lambda a: 0.5 * a, alive_variables(model))
+  image = random_images(1, seed=3)[0]
+  fast = occlusion.sensitivity(model, variables, image, 1, patch=40, stride=24, layer='conv3')
+  slow = occlusion.sensitivity(model, variables, image, 1, patch=40, stride=24, layer='conv3',
+                               method='naive')
+  np.testing.assert_allclose(fast.prob, slow.prob, atol=1e-5)
+  np.testing.assert_allclose(fast.feature, slow.feature, rtol=1e-5,
+                             atol=1e-5 * float(slow.unoccluded_feature))
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(patch=225), 'patch 225 is larger than the image'),
+    (dict(patch=0), 'patch and stride must be positive'),
+    (dict(stride=-1), 'patch and stride must be positive'),
+    (dict(label=10), 'label 10 out of range'),
+    (dict(layer='pool5'), "unknown feature layer 'pool5'"),
+    (dict(method='fast'), "unknown method 'fast'"),
+    (dict(image=jnp.zeros((1, 224, 224, 3))), r'one \(H, W, 3\) image'),
+    (dict(image=jnp.zeros((224, 224))), r'one \(H, W, 3\) image'),
+])
+def test_bad_input_is_a_clear_value_error(setup, kwargs, message):
+  model, variables, image = setup
+  args = dict(image=image, label=3)
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=message):
+    occlusion.sensitivity(model, variables, args.pop('image'), args.pop('label'), **args)

@@ -27,6 +27,7 @@ every occluded image (the reference the tests hold it to).
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -60,8 +61,16 @@ def positions(size: int, patch: int, stride: int) -> int:
 def sensitivity(model: models.ConvNet, variables, image: Array, label: int,
                 patch: int = 32, stride: int = 8, fill: float = 0.0,
                 layer: str | None = None, method: str = 'incremental',
+                field_threshold: float | None = None,
                 chunk_size: int = 64) -> Sensitivity:
-  """Occlusion maps of one (H, W, 3) image for class `label` (see module doc)."""
+  """Occlusion maps of one (H, W, 3) image for class `label` (see module doc).
+
+  field_threshold: None (exact) or tau in (0, 1]: the approximate mode of Krypton
+    (Nakandala et al., SIGMOD 2019), projective-field thresholding. Each layer's changed
+    window is capped at ceil(tau * the layer's size) cells per axis, centred on the exact
+    window; changes outside it are dropped (the cached activations stand in), so deep
+    layers recompute less. benchmarks/occlusion.py reports speed and error per tau.
+  """
   image = jnp.asarray(image)
   if image.ndim != 3:
     raise ValueError(f'image must be one (H, W, 3) image, got shape {image.shape}; '
@@ -73,6 +82,9 @@ def sensitivity(model: models.ConvNet, variables, image: Array, label: int,
     raise ValueError(f'unknown feature layer {layer!r}; choose one of {convs}')
   if method not in METHODS:
     raise ValueError(f'unknown method {method!r}; choose one of {METHODS}')
+  if field_threshold is not None and not (0 < field_threshold <= 1 and method == 'incremental'):
+    raise ValueError(f'field_threshold must be in (0, 1] with the incremental method, got '
+                     f'{field_threshold} with method {method!r}')
   if patch < 1 or stride < 1:
     raise ValueError(f'patch and stride must be positive, got patch={patch}, stride={stride}')
   if patch > min(image.shape[:2]):
@@ -82,13 +94,13 @@ def sensitivity(model: models.ConvNet, variables, image: Array, label: int,
     raise ValueError(f'label {label} out of range: the model has {num_classes} classes')
   return _sensitivity(model, variables, image, jnp.int32(label), jnp.float32(fill),
                       patch=patch, stride=stride, layer=layer, method=method,
-                      chunk_size=chunk_size)
+                      field_threshold=field_threshold, chunk_size=chunk_size)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'patch', 'stride', 'layer', 'method',
-                                             'chunk_size'))
+                                             'field_threshold', 'chunk_size'))
 def _sensitivity(model, variables, image, label, fill, *, patch, stride, layer, method,
-                 chunk_size):
+                 field_threshold, chunk_size):
   names = architecture.layer_names(model.spec)
   cache = models.activations(model, variables, image[None], names)
   cache = {name: value[0] for name, value in cache.items()}
@@ -107,7 +119,7 @@ def _sensitivity(model, variables, image, label, fill, *, patch, stride, layer, 
       out = models.activations(model, variables, occluded[None], (layer, names[-1]))
       return out[names[-1]][0], out[layer][0, ..., channel].sum()
   else:
-    plan = _plan(model.spec, image.shape, patch)
+    plan = _plan(model.spec, image.shape, patch, field_threshold)
 
     def evaluate(start):
       return _incremental(model, variables['params'], cache, plan, start, fill, patch,
@@ -134,13 +146,15 @@ class _Step(NamedTuple):
   record: object
   input_name: str
   size: tuple[int, int]        # changed-window size at this layer's output
+  exact_size: tuple[int, int]  # the same without field thresholding
   map_size: tuple[int, int]    # this layer's output size
   input_size: tuple[int, int]  # its input map's size
 
 
-def _plan(spec, image_shape, patch) -> list[_Step]:
+def _plan(spec, image_shape, patch, field_threshold=None) -> list[_Step]:
   """Static window sizes layer by layer: a changed run of S cells at a layer's input
-  changes at most (S + k - 2) // s + 1 outputs (any alignment)."""
+  changes at most (S + k - 2) // s + 1 outputs (any alignment); with a field threshold
+  tau, at most ceil(tau * n) of the layer's n cells."""
   sizes = architecture.shapes(spec, image_shape)
   steps = []
   window = (patch, patch)
@@ -150,8 +164,12 @@ def _plan(spec, image_shape, patch) -> list[_Step]:
       break
     k, s, _ = _kernel_stride_pad(record)
     map_size = sizes[record.name][:2]
-    window = tuple(min(n, (w + k - 2) // s + 1) for w, n in zip(window, map_size))
-    steps.append(_Step(record, input_name, window, map_size, input_size))
+    exact = tuple(min(n, (w + k - 2) // s + 1) for w, n in zip(window, map_size))
+    window = exact
+    if field_threshold is not None:
+      window = tuple(min(e, max(1, math.ceil(field_threshold * n)))
+                     for e, n in zip(exact, map_size))
+    steps.append(_Step(record, input_name, window, exact, map_size, input_size))
     input_name, input_size = record.name, map_size
   return steps
 
@@ -173,7 +191,8 @@ def _incremental(model, params, cache, plan, start, fill, patch, layer, channel)
     k, s, p = _kernel_stride_pad(record)
     # First output cell whose window reaches the changed input cells, kept inside the map.
     first = -((-(start + p - k + 1)) // s)
-    new_start = jnp.clip(first, 0, jnp.array(step.map_size) - jnp.array(step.size))
+    centred = first + (jnp.array(step.exact_size) - jnp.array(step.size)) // 2
+    new_start = jnp.clip(centred, 0, jnp.array(step.map_size) - jnp.array(step.size))
     if isinstance(record, Norm):
       new_values = model.normalize(values[None], record)[0]
       new_start = start

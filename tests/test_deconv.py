@@ -164,6 +164,7 @@ def test_other_variants_literal_equals_gradient(spec):
     (dict(method='fast'), "unknown method 'fast'"),
     (dict(images=jnp.zeros((224, 224, 3))), 'rank 4'),
     (dict(images=jnp.zeros((1, 224, 224, 4))), '3 color channels'),
+    (dict(images=jnp.zeros((1, 200, 200, 3))), 'fc6 was initialized for 576 input features'),
 ])
 def test_bad_input_is_a_clear_value_error(setup, kwargs, message):
   model, variables, images = setup

@@ -1,0 +1,399 @@
+"""The paper's Fig. 2: each feature map's top-k activations over a dataset, projected.
+
+    results = topk.search(model, variables, batches(), layers=('conv1', 'conv5'), k=9)
+    top = results['conv5']            # TopK of (C, k) arrays: values, example, y, x
+    images = topk.gather_images(batches(), results)    # the images of every entry
+    patches = topk.crops(model, top, images, 'conv5', channels=[3, 17])
+    projections = topk.project(model, variables, top, images, 'conv5', channels=[3, 17])
+    # patches.pixels, projections.pixels: (2, 9, S, S, 3), S = 139 for ZFNet's conv5;
+    # row c, column j: the j-th strongest activation of channel channels[c].
+
+`batches` is an iterable of (B, H, W, 3) image arrays, or of dicts with 'image' and
+optionally 'mask' (bool, (B,); False marks padding rows), such as the input pipeline's
+eval batches. It is read once by `search` and once more by `gather_images`, so pass a
+fresh iterator (or a list) each time, in the same order.
+
+Choices, and what this module does:
+- At most one entry per image and channel: each image's strongest location for the
+  channel (ties: the first in row-major order), as in the paper's figure, where nine
+  different images show each map.
+- Entries are sorted by value, descending; equal values go to the earlier example.
+  Examples are numbered 0, 1, 2, ... over the valid rows in iteration order: masked rows
+  are not numbered and never win. Results are deterministic and do not depend on the
+  batch size or the device count.
+- Fewer than k images: the missing entries have value -inf and example, y, x = -1.
+- Memory does not grow with the dataset: a running (C, k) top-k per layer is merged with
+  each batch's (C, B) candidates inside one jitted step (a sort on (-value, example)).
+- Static shapes: every batch is padded (mask False) to the largest batch so far, rounded
+  up to a multiple of the device count, so a short final batch does not recompile.
+- Devices: batches are sharded on their leading axis over a mesh axis 'data' (default: all
+  of `jax.devices()`), the variables and the running top-k replicated. One process: the
+  example numbering assumes this process sees every row.
+- Layers: any map layer (conv1..conv5 post-ReLU, pool and norm outputs); projections need
+  a conv layer (`zfjax.deconv`).
+- Patches: the unit's nominal input window (`architecture.windows`, S x S pixels, top-left
+  pixel (top, left), which may lie outside the image). Pixels inside the exact receptive
+  field (`architecture.receptive_field`, clipped at every layer) are copied; the rest --
+  where the window runs past the image border or the exact field is smaller near borders --
+  is zero, and `valid` is False there. A unit's projection is exactly zero outside its exact
+  field, so its patch loses nothing; `paste` puts a patch back on a full-size canvas.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Iterable, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from zfjax import architecture, deconv, models, parallel
+from zfjax.architecture import Conv
+
+Array = jax.Array
+
+_NO_EXAMPLE = np.iinfo(np.int32).max  # sorts after every real example
+
+
+class TopK(NamedTuple):
+  """One layer's search result, arrays of shape (C, k): for channel c, its j-th strongest
+  activation has value `values[c, j]` at (`y[c, j]`, `x[c, j]`) of the layer's map in
+  example `example[c, j]`. Unfilled entries: value -inf, example = y = x = -1."""
+  values: Array
+  example: Array
+  y: Array
+  x: Array
+
+
+class Images(NamedTuple):
+  """Images of some examples: `image[m]` (H, W, 3) is example `example[m]` (ascending)."""
+  example: Array
+  image: Array
+
+
+class Patches(NamedTuple):
+  """Square windows of images or projections, one per top-k entry, for a grid figure.
+
+  pixels: (C, k, S, S, 3), zero where `valid` is False.
+  valid: (C, k, S, S) bool: the pixel lies in the unit's exact receptive field (all False
+    for unfilled entries).
+  top, left: (C, k) int32: the image pixel under pixels[c, j, 0, 0] (may be negative).
+  """
+  pixels: Array
+  valid: Array
+  top: Array
+  left: Array
+
+
+# ---------------------------------------------------------------------------- search
+
+
+def search(model: models.ConvNet, variables, batches: Iterable, layers: Sequence[str] = (
+    'conv5',), k: int = 9, mesh: Optional[Mesh] = None) -> dict[str, TopK]:
+  """The k strongest activations of every channel of each layer over a dataset.
+
+  Args:
+    model: a `models.ConvNet`.
+    variables: its variables ({'params': ...}).
+    batches: iterable of (B, H, W, 3) arrays or dicts {'image', optional 'mask'}; read once.
+    layers: map layer names (a single name is fine).
+    k: entries per channel.
+    mesh: a mesh with axis 'data' (default: `parallel.create_mesh()`, all devices).
+  Returns:
+    {layer: TopK} with (C, k) arrays, replicated over the mesh (see the module doc).
+  """
+  layers = _check_layers(model, layers)
+  if not isinstance(k, (int, np.integer)) or k < 1:
+    raise ValueError(f'k must be a positive integer, got {k!r}')
+  mesh = mesh or parallel.create_mesh()
+  replicated = NamedSharding(mesh, P())
+  rows = NamedSharding(mesh, P(parallel.DATA))
+  devices = mesh.devices.size
+  variables = jax.device_put(variables, replicated)
+  state = jax.device_put(
+      {name: empty(_channels(model.spec, name), k) for name in layers}, replicated)
+  seen, size = 0, 0
+  for batch in batches:
+    images, mask = _unpack(batch)
+    size = max(size, -(-images.shape[0] // devices) * devices)
+    images, mask = _pad_rows(images, mask, size)
+    state = _update(model, layers, replicated, variables, state,
+                    jax.device_put(images, rows), jax.device_put(mask, rows),
+                    jnp.asarray(seen, jnp.int32))
+    seen += int(np.sum(mask))
+  return state
+
+
+def empty(channels: int, k: int) -> TopK:
+  """A top-k with no entries yet: values -inf, indices -1."""
+  return TopK(jnp.full((channels, k), -jnp.inf, jnp.float32),
+              *(jnp.full((channels, k), -1, jnp.int32) for _ in range(3)))
+
+
+def candidates(feature_map: Array, mask: Array, example: Array) -> TopK:
+  """Each image's strongest location per channel of a (B, H, W, C) map, as (C, B) arrays.
+  Ties: first in row-major order. Masked rows: value -inf, example past every real one."""
+  b, _, width, c = feature_map.shape
+  flat = feature_map.reshape(b, -1, c)
+  where = jnp.argmax(flat, axis=1)                                   # (B, C)
+  value = jnp.take_along_axis(flat, where[:, None, :], axis=1)[:, 0]
+  value = jnp.where(mask[:, None], value.astype(jnp.float32), -jnp.inf)
+  example = jnp.where(mask, example, _NO_EXAMPLE)
+  return TopK(value.T, jnp.broadcast_to(example[None, :], (c, b)).astype(jnp.int32),
+              (where // width).T.astype(jnp.int32), (where % width).T.astype(jnp.int32))
+
+
+def merge(a: TopK, b: TopK, k: int) -> TopK:
+  """The k best of two (C, *) candidate sets by (value descending, example ascending);
+  entries left at -inf become unfilled (example, y, x = -1)."""
+  joined = [jnp.concatenate(pair, axis=1) for pair in zip(a, b)]
+  negated, example, y, x = lax.sort((-joined[0], *joined[1:]), dimension=1, num_keys=2)
+  values = -negated[:, :k]
+  filled = values > -jnp.inf
+  return TopK(values, *(jnp.where(filled, v[:, :k], -1) for v in (example, y, x)))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _update(model, layers, replicated, variables, state, images, mask, offset):
+  maps = models.activations(model, variables, images, layers)
+  example = offset + jnp.cumsum(mask, dtype=jnp.int32) - 1
+  out = {}
+  for name in layers:
+    k = state[name].values.shape[1]
+    out[name] = merge(state[name], candidates(maps[name], mask, example), k)
+  return lax.with_sharding_constraint(out, replicated)
+
+
+def _unpack(batch):
+  """(images, mask) of a batch: an array, or a dict with 'image' and optionally 'mask'."""
+  if isinstance(batch, dict):
+    if 'image' not in batch:
+      raise ValueError(f"a dict batch needs an 'image' entry; got keys {sorted(batch)}")
+    images, mask = batch['image'], batch.get('mask')
+  else:
+    images, mask = batch, None
+  if getattr(images, 'ndim', None) != 4 or images.shape[-1] != 3:
+    raise ValueError(f'expected batches of (B, H, W, 3) images, got shape '
+                     f'{getattr(images, "shape", type(images).__name__)} (ten-crop batches: '
+                     f'flatten the crops into the batch axis)')
+  mask = np.ones(images.shape[0], bool) if mask is None else np.asarray(mask, bool)
+  if mask.shape != images.shape[:1]:
+    raise ValueError(f'mask must have shape {images.shape[:1]}, got {mask.shape}')
+  return images, mask
+
+
+def _pad_rows(images, mask, size):
+  """Pads a batch to `size` rows with zero images and mask False."""
+  extra = size - images.shape[0]
+  if not extra:
+    return images, mask
+  pad = ((0, extra), (0, 0), (0, 0), (0, 0))
+  images = np.pad(images, pad) if isinstance(images, np.ndarray) else jnp.pad(images, pad)
+  return images, np.pad(mask, (0, extra))
+
+
+def _check_layers(model, layers) -> tuple[str, ...]:
+  layers = (layers,) if isinstance(layers, str) else tuple(layers)
+  valid = architecture.map_names(model.spec)
+  unknown = [name for name in layers if name not in valid]
+  if unknown or not layers:
+    raise ValueError(f'cannot search layer(s) {unknown or layers}: choose map layers of '
+                     f'this model, from {valid}')
+  return tuple(dict.fromkeys(layers))
+
+
+def _channels(spec, name) -> int:
+  """Maps of layer `name`: those of the last conv at or below it."""
+  names = architecture.layer_names(spec)
+  convs = [r for r in spec[:names.index(name) + 1] if isinstance(r, Conv)]
+  return convs[-1].features
+
+
+# --------------------------------------------------------------------- second pass
+
+
+def gather_images(batches: Iterable, examples) -> Images:
+  """The images of the given example numbers (any shape, or a TopK, or a list or dict of
+  them; -1 is ignored), from a second pass over the same batches. Holds one batch and the
+  wanted images; stops reading once it has them all."""
+  wanted = np.unique(_example_numbers(examples))
+  wanted = wanted[wanted >= 0]
+  found, seen = None, 0
+  for batch in batches if wanted.size else ():
+    images, mask = _unpack(batch)
+    number = seen + np.cumsum(mask) - 1
+    take = mask & np.isin(number, wanted)
+    seen += int(mask.sum())
+    if take.any():
+      picked = np.asarray(images)[take]
+      if found is None:
+        found = np.zeros((wanted.size, *picked.shape[1:]), picked.dtype)
+      found[np.searchsorted(wanted, number[take])] = picked
+    if seen > wanted[-1]:
+      break
+  if wanted.size and seen <= wanted[-1]:
+    raise ValueError(f'the batches hold {seen} examples but example {wanted[-1]} was asked '
+                     'for: pass the same batches, in the same order, as to search')
+  if found is None:
+    found = np.zeros((0, *architecture.INPUT_SHAPE), np.float32)
+  return Images(jnp.asarray(wanted, jnp.int32), jnp.asarray(found))
+
+
+def _example_numbers(examples) -> np.ndarray:
+  if isinstance(examples, TopK):
+    return np.asarray(examples.example).ravel()
+  if isinstance(examples, dict):
+    examples = list(examples.values())
+  if isinstance(examples, (list, tuple)):
+    parts = [_example_numbers(e) for e in examples]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+  return np.asarray(examples).ravel()
+
+
+# ------------------------------------------------------------------ patches for Fig. 2
+
+
+def crops(model: models.ConvNet, result: TopK, images: Images, layer: str,
+          channels=None) -> Patches:
+  """The image patch under each entry's receptive field (see `Patches`).
+  `channels` picks rows of the result (default: all); images from `gather_images`."""
+  entries, _ = _select(result, channels)
+  geometry = _geometry(model.spec, layer, entries, images)
+  rows = _rows(images, entries.example)
+  pixels = _cut(images.image, rows, geometry.top, geometry.left, geometry.valid)
+  return geometry._replace(pixels=pixels)
+
+
+def project(model: models.ConvNet, variables, result: TopK, images: Images, layer: str,
+            channels=None, rule: str = 'deconvnet', method: str = 'literal',
+            images_per_call: int = 16, units_per_call: int = 64) -> Patches:
+  """The deconvnet projection of each entry (`deconv.project_units`, seeded with the
+  activation's own value), cut to the same windows as `crops`.
+
+  Entries are sorted by image and projected in calls of at most `images_per_call` images
+  (one forward pass each) and `units_per_call` units. Every call is padded to the same
+  shapes (`units_per_call` units, and the most distinct images any call needs), so one
+  projection compiles once. Unfilled entries give zero patches."""
+  entries, channels = _select(result, channels)
+  geometry = _geometry(model.spec, layer, entries, images)
+  shape = entries.example.shape
+  flat = TopK(*(np.asarray(a).reshape(-1) for a in entries))
+  channel = np.repeat(channels, shape[1])
+  top, left = (np.asarray(a).reshape(-1) for a in (geometry.top, geometry.left))
+  valid = np.asarray(geometry.valid).reshape(-1, *geometry.valid.shape[2:])
+  rows = np.asarray(_rows(images, flat.example))
+  filled = np.flatnonzero(flat.example >= 0)
+  order = filled[np.argsort(rows[filled], kind='stable')]
+  size = valid.shape[-1]
+  pixels = np.zeros((flat.example.size, size, size, images.image.shape[-1]), np.float32)
+  calls = _calls(rows[order], images_per_call, units_per_call)
+  call_size = max([np.unique(rows[order[a:b]]).size for a, b in calls], default=1)
+  for start, stop in calls:
+    chosen = order[start:stop]
+    call_rows, local = np.unique(rows[chosen], return_inverse=True)
+    unit = lambda a, chosen=chosen: _pad_to(a[chosen], units_per_call)
+    projection = deconv.project_units(
+        model, variables, images.image[_pad_to(call_rows, call_size)], layer,
+        _pad_to(local.reshape(-1), units_per_call), unit(channel), unit(flat.y),
+        unit(flat.x), rule=rule, method=method, chunk_size=units_per_call)
+    cut = _cut(projection, jnp.arange(units_per_call), unit(top), unit(left), unit(valid))
+    pixels[chosen] = np.asarray(cut)[:chosen.size]
+  return geometry._replace(pixels=jnp.asarray(pixels.reshape(*shape, *pixels.shape[1:])))
+
+
+def paste(patches: Patches, image_shape: Sequence[int]) -> Array:
+  """Patches back on zero canvases of `image_shape` (H, W, 3): (C, k, H, W, 3). For small
+  selections (a full-size canvas per entry)."""
+  height, width = image_shape[:2]
+  size = patches.valid.shape[-1]
+
+  def one(pixels, top, left):
+    padded = jnp.pad(pixels, ((height, height), (width, width), (0, 0)))
+    return lax.dynamic_slice(padded, (height - top, width - left, 0),
+                             (height, width, pixels.shape[-1]))
+
+  lead = patches.top.shape
+  out = jax.vmap(one)(patches.pixels.reshape(-1, size, size, patches.pixels.shape[-1]),
+                      patches.top.reshape(-1), patches.left.reshape(-1))
+  return out.reshape(*lead, *out.shape[1:])
+
+
+def _select(result: TopK, channels) -> tuple[TopK, np.ndarray]:
+  """The result's rows for `channels` (default: all), and those channel numbers."""
+  if channels is None:
+    return result, np.arange(result.example.shape[0], dtype=np.int32)
+  channels = np.asarray(channels, np.int32).reshape(-1)
+  return TopK(*(jnp.asarray(a)[channels] for a in result)), channels
+
+
+def _geometry(spec, layer, entries: TopK, images: Images) -> Patches:
+  """Window placement and exact-field mask of each entry (pixels left empty)."""
+  input_shape = tuple(images.image.shape[1:])
+  window = architecture.windows(spec, layer)[-1][1]
+  height, width, _ = architecture.shapes(spec, input_shape)[layer]
+  row_fields = np.array([architecture.receptive_field(spec, layer, y, 0, input_shape)[0]
+                         for y in range(height)])                           # (H_layer, 2)
+  col_fields = np.array([architecture.receptive_field(spec, layer, 0, x, input_shape)[1]
+                         for x in range(width)])
+  filled = np.asarray(entries.example) >= 0
+  y, x = (np.where(filled, np.asarray(a), 0) for a in (entries.y, entries.x))
+  top, left = window.start(y), window.start(x)
+  offsets = np.arange(window.size)
+  rows = top[..., None] + offsets                                          # (C, k, S)
+  cols = left[..., None] + offsets
+  inside_rows = (rows >= row_fields[y][..., :1]) & (rows < row_fields[y][..., 1:])
+  inside_cols = (cols >= col_fields[x][..., :1]) & (cols < col_fields[x][..., 1:])
+  valid = inside_rows[..., :, None] & inside_cols[..., None, :] & filled[..., None, None]
+  return Patches(None, jnp.asarray(valid), jnp.asarray(top, jnp.int32),
+                 jnp.asarray(left, jnp.int32))
+
+
+def _rows(images: Images, example) -> Array:
+  """Row of `images` holding each example (0 for unfilled entries)."""
+  example = np.asarray(example)
+  known = np.append(np.asarray(images.example), -1)  # a sentinel row that matches nothing
+  rows = np.minimum(np.searchsorted(known[:-1], example), known.size - 1)
+  wanted = example >= 0
+  missing = wanted & (known[rows] != example)
+  if missing.any():
+    raise ValueError(f'examples {np.unique(example[missing])[:8].tolist()} are not among '
+                     'the gathered images: call gather_images with this result')
+  return jnp.asarray(np.where(wanted, rows, 0), jnp.int32)
+
+
+@jax.jit
+def _cut(images: Array, rows: Array, top: Array, left: Array, valid: Array) -> Array:
+  """(..., S, S, C) windows of images[rows] at (top, left), zero where not valid;
+  indices outside the image read a clipped pixel that `valid` then zeroes."""
+  size = valid.shape[-1]
+  height, width = images.shape[1:3]
+  offsets = jnp.arange(size)
+  r = jnp.clip(top[..., None] + offsets, 0, height - 1)
+  c = jnp.clip(left[..., None] + offsets, 0, width - 1)
+  pixels = images[rows[..., None, None], r[..., :, None], c[..., None, :]]
+  return jnp.where(valid[..., None], pixels, 0.0).astype(jnp.float32)
+
+
+def _calls(rows: np.ndarray, max_images: int, max_units: int) -> list[tuple[int, int]]:
+  """Splits entries sorted by image row into runs [start, stop) of at most `max_images`
+  distinct rows and `max_units` entries (host bookkeeping, linear in the entries)."""
+  if not rows.size:
+    return []
+  starts, distinct = [0], 1
+  for i in range(1, rows.size):
+    new_image = rows[i] != rows[i - 1]
+    if i - starts[-1] == max_units or (new_image and distinct == max_images):
+      starts.append(i)
+      distinct = 1
+    elif new_image:
+      distinct += 1
+  return list(zip(starts, starts[1:] + [rows.size]))
+
+
+def _pad_to(values, size: int) -> np.ndarray:
+  """values (n, ...) padded to `size` rows by repeating the first (n >= 1)."""
+  values = np.asarray(values)
+  return np.concatenate([values, np.repeat(values[:1], size - len(values), axis=0)])

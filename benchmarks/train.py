@@ -1,0 +1,171 @@
+r"""Training speed: zfjax's jitted ZFNet train step against a PyTorch eager one.
+
+    python benchmarks/train.py                          # batch 32, 224x224, float32, 3 steps
+    python benchmarks/train.py --steps 20 --batch_size 128 --dtype bfloat16 \
+        --peak_tflops 989 --torch_compile               # on an H100 (dense bf16 peak)
+
+Both frameworks run one SGD step of the paper's ZFNet (1000 classes) on the same shapes of
+random data: forward in training mode (dropout 0.5 on fc6/fc7), softmax cross-entropy,
+backward, SGD with momentum 0.9 and weight decay 5e-4, then the conv filters renormalized
+to RMS <= 0.1. zfjax: `training.make_train_step` (jit of shard_map over every device, the
+state donated). PyTorch: `tools/torch_zfnet.TorchZFNet`, `torch.optim.SGD`, eager (or
+`torch.compile` with --torch_compile), autocast to bfloat16 with --dtype bfloat16.
+
+Figures: images/s and ms per step are the median over --steps timed steps after
+--warmup untimed ones (the first zfjax call compiles). `flops_per_step` is XLA's count for
+the compiled step (`jax.jit(...).lower(...).compile().cost_analysis()`, per device);
+with --peak_tflops (the device's peak for the dtype) `mfu` is flops_per_step over the step
+time and that peak. Imports no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import statistics
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / 'tools'), str(ROOT / 'benchmarks')]
+
+import jax  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+
+import common  # pylint: disable=wrong-import-position
+from configs import zfnet  # pylint: disable=wrong-import-position
+from zfjax import parallel, training  # pylint: disable=wrong-import-position
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--batch_size', type=int, default=32, help='global batch')
+  parser.add_argument('--image_size', type=int, default=224)
+  parser.add_argument('--num_classes', type=int, default=1000)
+  parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32',
+                      help='computation dtype (params stay float32)')
+  parser.add_argument('--steps', type=int, default=3, help='timed steps per framework')
+  parser.add_argument('--warmup', type=int, default=1, help='untimed steps first')
+  parser.add_argument('--peak_tflops', type=float, default=None,
+                      help="the device's peak TFLOP/s for --dtype, for MFU")
+  parser.add_argument('--torch', choices=('eager', 'none'), default='eager')
+  parser.add_argument('--torch_compile', action='store_true', help='torch.compile the model')
+  parser.add_argument('--torch_threads', type=int, default=None)
+  parser.add_argument('--json', default=None, help='append the JSON line to this file')
+  return parser.parse_args(argv)
+
+
+def random_batch(args, seed=0):
+  rng = np.random.default_rng(seed)
+  images = rng.normal(0, 60, (args.batch_size, args.image_size, args.image_size, 3))
+  labels = rng.integers(0, args.num_classes, args.batch_size)
+  return images.astype(np.float32), labels.astype(np.int32)
+
+
+def median_step_seconds(step, steps: int, warmup: int) -> tuple[float, float]:
+  """(seconds of the first call, median seconds of the timed calls); step() must block."""
+  start = time.perf_counter()
+  step()
+  first = time.perf_counter() - start
+  for _ in range(max(0, warmup - 1)):
+    step()
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - start)
+  return first, statistics.median(times)
+
+
+def bench_jax(args) -> dict:
+  config = zfnet.get_config()
+  config.update(dtype=args.dtype, batch_size=args.batch_size, image_size=args.image_size)
+  mesh = parallel.create_mesh()
+  model = training.create_model(config, args.num_classes)
+  optimizer = training.create_optimizer(config)
+  image_shape = (args.image_size, args.image_size, 3)
+  state = training.create_train_state(config, model, optimizer, mesh, image_shape)
+  train_step = training.make_train_step(config, model, optimizer, mesh)
+  images, labels = random_batch(args)
+  batch = parallel.global_batch({'image': images, 'label': labels}, mesh)
+
+  start = time.perf_counter()
+  compiled = train_step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get('flops', float('nan'))) if cost else float('nan')
+
+  holder = {'state': state}
+
+  def step():
+    holder['state'], metrics = train_step(holder['state'], batch)
+    jax.block_until_ready(metrics)
+
+  first, seconds = median_step_seconds(step, args.steps, args.warmup)
+  result = {'images_per_sec': args.batch_size / seconds, 'ms_per_step': 1e3 * seconds,
+            'first_step_s': first, 'compile_s': compile_s, 'flops_per_step': flops,
+            'devices': mesh.devices.size, 'device_kind': jax.devices()[0].device_kind}
+  if args.peak_tflops:
+    result['mfu'] = flops / seconds / (args.peak_tflops * 1e12)
+  return result
+
+
+def bench_torch(args) -> dict:
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch_zfnet  # pylint: disable=g-import-not-at-top
+  if args.torch_threads:
+    torch.set_num_threads(args.torch_threads)
+  device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  model = torch_zfnet.TorchZFNet(num_classes=args.num_classes,
+                                 input_size=args.image_size).to(device).train()
+  optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9, weight_decay=5e-4)
+  forward = torch.compile(model) if args.torch_compile else model
+  convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+  images, labels = random_batch(args)
+  images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
+  labels = torch.from_numpy(labels).long().to(device)
+  autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=args.dtype == 'bfloat16')
+
+  def step():
+    optimizer.zero_grad(set_to_none=True)
+    with autocast:
+      loss = torch.nn.functional.cross_entropy(forward(images), labels)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():  # the paper's filter renormalization, as zfjax does
+      for weight in convs:
+        rms = weight.square().mean(dim=(1, 2, 3), keepdim=True).sqrt()
+        weight.mul_(torch.where(rms > 0.1, 0.1 / rms, torch.ones_like(rms)))
+    if device == 'cuda':
+      torch.cuda.synchronize()
+    return loss
+
+  first, seconds = median_step_seconds(step, args.steps, args.warmup)
+  return {'images_per_sec': args.batch_size / seconds, 'ms_per_step': 1e3 * seconds,
+          'first_step_s': first, 'device': device, 'threads': torch.get_num_threads(),
+          'compiled': args.torch_compile}
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  result = {'benchmark': 'train_step', 'model': 'zfnet', 'batch_size': args.batch_size,
+            'image_size': args.image_size, 'dtype': args.dtype, 'steps': args.steps,
+            'zfjax': bench_jax(args)}
+  rows = [('zfjax jit', result['zfjax']['images_per_sec'], result['zfjax']['ms_per_step'],
+           result['zfjax']['first_step_s'], result['zfjax'].get('mfu', ''))]
+  if args.torch != 'none':
+    result['torch'] = bench_torch(args)
+    result['zfjax_over_torch'] = (result['zfjax']['images_per_sec'] /
+                                  result['torch']['images_per_sec'])
+    name = 'torch compile' if args.torch_compile else 'torch eager'
+    rows.append((name, result['torch']['images_per_sec'], result['torch']['ms_per_step'],
+                 result['torch']['first_step_s'], ''))
+  result['environment'] = common.environment()
+  assert not result['environment']['tensorflow_imported'], 'TensorFlow was imported'
+  common.print_report(result, ('framework', 'images/s', 'ms/step', 'first step s', 'MFU'),
+                      rows, args.json)
+
+
+if __name__ == '__main__':
+  main()

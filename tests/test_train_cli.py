@@ -1,0 +1,185 @@
+"""End-to-end tests of train.py: files written, resume after SIGKILL, two processes, a
+non-finite loss, and configs that cannot run. Each run is a subprocess on the digits
+smoke config (a narrow small_zfnet, a few steps)."""
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from zfjax import checkpoints
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# The reference run: 12 steps, evaluated and checkpointed every 4.
+RUN = ('--config.num_train_steps=12', '--config.eval_every_steps=4',
+       '--config.checkpoint_every_steps=4', '--config.log_every_steps=1',
+       '--config.keep_checkpoints=3')
+
+
+def command(workdir, *flags, config='configs/digits.py:smoke'):
+  return [sys.executable, 'train.py', f'--config={config}', f'--workdir={workdir}', *flags]
+
+
+def environment(devices=1):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  env.pop('XLA_FLAGS', None)
+  if devices > 1:
+    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  return env
+
+
+def train(workdir, *flags, devices=1, check=True, config='configs/digits.py:smoke'):
+  proc = subprocess.run(command(workdir, *flags, config=config), cwd=REPO, text=True,
+                        capture_output=True, env=environment(devices), timeout=300)
+  if check:
+    assert proc.returncode == 0, proc.stderr[-4000:]
+  return proc
+
+
+def losses(workdir):
+  records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  return {r['step']: r['loss'] for r in records if 'loss' in r}
+
+
+def assert_params_close(workdir_a, workdir_b, atol=0.0):
+  _, a = checkpoints.restore_params(workdir_a)
+  _, b = checkpoints.restore_params(workdir_b)
+  for name in a:
+    for leaf in a[name]:
+      np.testing.assert_allclose(np.asarray(a[name][leaf]), np.asarray(b[name][leaf]),
+                                 atol=atol, rtol=0, err_msg=f'{name}/{leaf}')
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+  """An uninterrupted single-process run that the other runs are compared with."""
+  workdir = tmp_path_factory.mktemp('reference')
+  train(workdir, *RUN)
+  return workdir
+
+
+def test_writes_metrics_results_config_events_and_checkpoints(reference):
+  assert sorted(losses(reference)) == list(range(1, 13))
+  records = [json.loads(line) for line in (reference / 'metrics.jsonl').read_text().splitlines()]
+  assert {'step', 'loss', 'lr', 'images_per_sec'} <= set(records[0])
+  evals = [r for r in records if 'eval_top1_error' in r]
+  assert [r['step'] for r in evals] == [4, 8, 12]
+  results = json.loads((reference / 'results.json').read_text())
+  assert results['step'] == 12 and 0 <= results['top1_error'] <= 1
+  assert results['top1_error'] == pytest.approx(evals[-1]['eval_top1_error'])
+  config = json.loads((reference / 'config.json').read_text())
+  assert config['num_train_steps'] == 12 and config['model'] == 'small_zfnet'
+  assert list(reference.glob('events.out.tfevents.*'))
+  steps = sorted(int(p.name) for p in (reference / 'checkpoints').iterdir() if p.name.isdigit())
+  assert steps == [4, 8, 12]
+  restored_config, params = checkpoints.restore_params(reference)
+  assert restored_config.num_train_steps == 12
+  assert params['conv1']['kernel'].shape == (3, 3, 3, 8)
+
+
+def test_tensorboard_can_read_the_events(reference):
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  events = event_accumulator.EventAccumulator(str(reference))
+  events.Reload()
+  assert [s.step for s in events.Scalars('loss')] == list(range(1, 13))
+
+
+def test_sigkill_then_restart_reproduces_the_uninterrupted_run(reference, tmp_path):
+  workdir = tmp_path / 'killed'
+  run = subprocess.Popen(command(workdir, *RUN, '--config.log_every_steps=1'), cwd=REPO,
+                         env=environment(), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+  first = workdir / 'checkpoints' / '4'
+  deadline = time.time() + 240
+  while not first.exists() and time.time() < deadline and run.poll() is None:
+    time.sleep(0.005)
+  run.send_signal(signal.SIGKILL)
+  run.wait()
+  assert first.exists() and not (workdir / 'results.json').exists(), 'the run was not cut'
+  # A save cut midway leaves a temporary directory: resuming must not take it.
+  (workdir / 'checkpoints' / '999.orbax-checkpoint-tmp' / 'default').mkdir(parents=True)
+  train(workdir, *RUN)
+  assert losses(workdir) == losses(reference)
+  assert_params_close(workdir, reference)
+  assert json.loads((workdir / 'results.json').read_text()) == json.loads(
+      (reference / 'results.json').read_text())
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_agree_with_one(reference, tmp_path):
+  workdir = tmp_path / 'two'
+  address = f'127.0.0.1:{_free_port()}'
+  runs = [subprocess.Popen(command(workdir, *RUN, f'--coordinator_address={address}',
+                                   '--num_processes=2', f'--process_id={i}'),
+                           cwd=REPO, env=environment(), text=True, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE) for i in range(2)]
+  outputs = [run.communicate(timeout=300) for run in runs]
+  for run, (_, err) in zip(runs, outputs):
+    assert run.returncode == 0, err[-4000:]
+  two, one = losses(workdir), losses(reference)
+  assert sorted(two) == sorted(one)
+  np.testing.assert_allclose([two[s] for s in sorted(two)], [one[s] for s in sorted(one)],
+                             rtol=1e-5)
+  assert_params_close(workdir, reference, atol=1e-5)
+
+
+def test_resume_on_four_devices_continues_the_run(reference, tmp_path):
+  workdir = tmp_path / 'four'
+  shutil.copytree(reference, workdir)
+  shutil.rmtree(workdir / 'checkpoints' / '12')
+  (workdir / 'results.json').unlink()
+  train(workdir, *RUN, devices=4)
+  resumed, one = losses(workdir), losses(reference)
+  np.testing.assert_allclose([resumed[s] for s in range(9, 13)],
+                             [one[s] for s in range(9, 13)], rtol=1e-5)
+  assert_params_close(workdir, reference, atol=1e-5)
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
+    reference, tmp_path):
+  workdir = tmp_path / 'nan'
+  shutil.copytree(reference, workdir)
+  proc = train(workdir, '--config.num_train_steps=20', '--config.eval_every_steps=4',
+               '--config.checkpoint_every_steps=1', '--config.learning_rate=1e30', check=False)
+  assert proc.returncode != 0
+  last = proc.stderr.strip().splitlines()[-1]
+  found = re.match(r'error: loss is .* at step (\d+): training stopped; the last good '
+                   r'checkpoint is step (\d+) in ', last)
+  assert found, proc.stderr[-2000:]
+  bad_step, good_step = int(found[1]), int(found[2])
+  assert 12 <= good_step < bad_step <= 20
+  assert 'Traceback' not in proc.stderr
+  assert checkpoints.find_checkpoint(workdir).name == str(good_step)
+  _, params = checkpoints.restore_params(workdir)
+  assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(params))
+  assert_params_close(workdir / 'checkpoints' / '12', reference)
+
+
+@pytest.mark.parametrize('flags, devices, message', [
+    (('--config.no_such_field=1',), 1, 'no_such_field'),
+    (('--config.batch_size=6',), 4, 'batch_size 6 must be a positive multiple of the number '
+                                    'of devices (4)'),
+    (('--config.model=lenet',), 1, "unknown model 'lenet'"),
+    (('--config.dataset=no_such_dataset',), 1, 'no_such_dataset'),
+])
+def test_bad_configs_fail_with_one_clear_line(tmp_path, flags, devices, message):
+  proc = train(tmp_path, *flags, devices=devices, check=False)
+  assert proc.returncode != 0
+  assert message in proc.stderr
+  assert 'Traceback' not in proc.stderr
+  assert not (tmp_path / 'checkpoints').exists()

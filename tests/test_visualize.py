@@ -1,0 +1,391 @@
+"""End-to-end tests of visualize.py on a smoke-trained digits workdir: every subcommand
+writes decodable PNGs, JSON with the numbers, and an index.html linking only files that
+exist; user mistakes give one-line errors and exit status 2. Plus the display helpers of
+zfjax.plots and the pure parts of zfjax.evolution and zfjax.filters."""
+
+import html.parser
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import matplotlib.image
+import numpy as np
+import pytest
+from PIL import Image
+
+from zfjax import evolution, filters, plots
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FIGURES = ('top9', 'evolution', 'invariance', 'filters', 'occlusion', 'correspondence')
+
+
+def load_visualize():
+  spec = importlib.util.spec_from_file_location('visualize', REPO / 'visualize.py')
+  module = importlib.util.module_from_spec(spec)
+  sys.modules['visualize'] = module  # dataclasses look their module up there
+  spec.loader.exec_module(module)
+  return module
+
+
+visualize = load_visualize()
+
+
+def environment():
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  env.pop('XLA_FLAGS', None)
+  return env
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+  """A digits smoke run: 4 steps, checkpoints at steps 2 and 4."""
+  path = tmp_path_factory.mktemp('zf_smoke')
+  proc = subprocess.run(
+      [sys.executable, 'train.py', '--config=configs/digits.py:smoke', f'--workdir={path}'],
+      cwd=REPO, text=True, capture_output=True, env=environment(), timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return path
+
+
+@pytest.fixture(scope='module')
+def figures(workdir, tmp_path_factory):
+  """`visualize.py all` on the smoke workdir (in-process, the first 120 test digits)."""
+  out = tmp_path_factory.mktemp('figures')
+  assert visualize.main(['all', '--workdir', str(workdir), '--out', str(out),
+                         '--max-examples', '120']) == 0
+  return out
+
+
+class Links(html.parser.HTMLParser):
+  """Every src and href of a page."""
+
+  def __init__(self):
+    super().__init__()
+    self.links = []
+
+  def handle_starttag(self, tag, attrs):
+    self.links += [value for name, value in attrs if name in ('src', 'href')]
+
+
+def links(page: pathlib.Path) -> list:
+  parser = Links()
+  parser.feed(page.read_text())
+  return parser.links
+
+
+def assert_png(path: pathlib.Path, min_size: int = 100):
+  image = matplotlib.image.imread(path)
+  assert image.ndim == 3 and image.shape[-1] in (3, 4), image.shape
+  assert min(image.shape[:2]) >= min_size, image.shape
+  assert np.ptp(image[..., :3]) > 0  # not a blank canvas
+
+
+def read_json(path: pathlib.Path) -> dict:
+  return json.loads(path.read_text())
+
+
+# --------------------------------------------------------------------------- `all`
+
+
+def test_all_writes_every_figure_and_an_index(figures):
+  for name in FIGURES:
+    assert_png(figures / f'{name}.png')
+    record = read_json(figures / f'{name}.json')
+    assert record['figure'] == f'{name}.png'
+    assert record['provenance']['model'] == 'small_zfnet'
+    assert record['provenance']['step'] == 4
+    assert record['caption']
+  targets = links(figures / 'index.html')
+  assert targets, 'index.html links nothing'
+  for target in targets:
+    assert (figures / target).is_file(), target
+  for name in FIGURES:
+    assert f'{name}.png' in targets and f'{name}.json' in targets
+
+
+def test_top9_numbers(figures):
+  record = read_json(figures / 'top9.json')
+  assert record['k'] == 9
+  assert set(record['layers']) == {'conv1', 'conv2', 'conv3', 'conv4', 'conv5'}
+  for layer in record['layers'].values():
+    channels = layer['channels']
+    assert len(channels) == 8  # the smoke model has 8 maps: all of them
+    assert np.shape(layer['values']) == (8, 9)
+    assert np.shape(layer['example']) == (8, 9)
+    values = np.asarray([[-np.inf if v is None else v for v in row] for row in layer['values']])
+    assert np.all(np.diff(values, axis=1) <= 0)  # strongest first
+    examples = np.asarray(layer['example'])
+    assert examples.max() < 120  # --max-examples
+    labels = np.asarray(layer['label'])
+    assert np.all((labels >= 0) & (labels < 10))
+
+
+def test_evolution_has_a_row_per_checkpoint(figures):
+  record = read_json(figures / 'evolution.json')
+  assert record['steps'] == [2, 4]
+  for layer in record['layers'].values():
+    assert np.shape(layer['value'])[0] == 2
+    assert np.shape(layer['value'])[1] == len(layer['channels'])
+
+
+def test_invariance_numbers(figures):
+  record = read_json(figures / 'invariance.json')
+  assert record['layers'] == ['conv1', 'fc7']
+  assert len(record['images']) == 5
+  for name, unit in (('vertical translation', 'pixels'), ('scale', 'factor'),
+                     ('rotation', 'degrees')):
+    sweep = record['transforms'][name]
+    assert sweep['unit'] == unit
+    amounts = len(sweep['amounts'])
+    assert np.shape(sweep['probability']) == (5, amounts)
+    for layer in ('conv1', 'fc7'):
+      distance = np.asarray(sweep['distance'][layer])
+      assert distance.shape == (5, amounts)
+      assert np.all(distance >= 0)
+  translation = record['transforms']['vertical translation']
+  assert translation['amounts'] == list(range(-9, 10))  # +-60 px at 224, scaled to 32
+  zero = translation['amounts'].index(0)
+  np.testing.assert_allclose(np.asarray(translation['distance']['conv1'])[:, zero], 0,
+                             atol=1e-3)
+
+
+def test_occlusion_numbers(figures):
+  record = read_json(figures / 'occlusion.json')
+  assert (record['patch'], record['stride']) == (8, 2)
+  assert len(record['maps']) == 3
+  for item in record['maps']:
+    assert np.shape(item['prob']) == (13, 13)  # (32 - 8) // 2 + 1
+    assert np.shape(item['top_class']) == (13, 13)
+    prob = np.asarray(item['prob'])
+    assert np.all((prob >= 0) & (prob <= 1))
+
+
+def test_correspondence_numbers(figures):
+  record = read_json(figures / 'correspondence.json')
+  assert record['rows'] == ['top', 'centre', 'bottom', 'random']
+  assert record['columns'] == ['conv5', 'fc7']
+  assert np.shape(record['mean']) == (4, 2)
+  assert np.all((np.asarray(record['mean']) >= 0) & (np.asarray(record['mean']) <= 1))
+  assert 'same box' in record['caption']
+  boxes = np.asarray(record['boxes']['top'])
+  assert boxes.shape == (5, 4) and np.all(boxes == boxes[0])
+
+
+def test_filters_numbers(figures):
+  record = read_json(figures / 'filters.json')
+  (only,) = record['checkpoints']
+  assert only['num_filters'] == 8
+  assert len(only['rms']) == 8
+  assert only['features']['layer'] == 'conv2'
+
+
+# --------------------------------------------------------------------- subcommands
+
+
+def test_filters_compares_two_checkpoints(workdir, tmp_path):
+  out = tmp_path / 'figures'
+  assert visualize.main(['filters', '--checkpoint', str(workdir / 'checkpoints' / '2'),
+                         '--compare', str(workdir), '--compare-step', '4',
+                         '--names', 'early,late', '--max-examples', '40',
+                         '--out', str(out)]) == 0
+  record = read_json(out / 'filters.json')
+  assert [c['name'] for c in record['checkpoints']] == ['early', 'late']
+  assert [c['step'] for c in record['checkpoints']] == [2, 4]
+  assert_png(out / 'filters.png')
+  assert links(out / 'index.html').count('filters.png') >= 1
+
+
+def test_evolution_of_chosen_steps_and_channels(workdir, tmp_path):
+  out = tmp_path / 'figures'
+  assert visualize.main(['evolution', '--workdir', str(workdir), '--steps', '2,4',
+                         '--layers', 'conv2', '--channels', '0,3', '--max-examples', '40',
+                         '--out', str(out)]) == 0
+  record = read_json(out / 'evolution.json')
+  assert record['steps'] == [2, 4]
+  assert record['layers']['conv2']['channels'] == [0, 3]
+  assert np.shape(record['layers']['conv2']['value']) == (2, 2)
+
+
+def test_top9_options_and_index_accumulates(workdir, tmp_path):
+  out = tmp_path / 'figures'
+  common = ['--workdir', str(workdir), '--out', str(out), '--max-examples', '50']
+  assert visualize.main(['top9', *common, '--layers', 'conv1,conv5', '--channels', '1,2',
+                         '--k', '4']) == 0
+  record = read_json(out / 'top9.json')
+  assert list(record['layers']) == ['conv1', 'conv5']
+  assert np.shape(record['layers']['conv5']['values']) == (2, 4)
+  assert visualize.main(['invariance', *common, '--num-images', '2',
+                         '--translations=-2:2:1', '--scales', '1,1.5', '--rotations', '0,90']) == 0
+  record = read_json(out / 'invariance.json')
+  assert record['transforms']['vertical translation']['amounts'] == [-2, -1, 0, 1, 2]
+  assert set(links(out / 'index.html')) >= {'top9.png', 'invariance.png'}
+
+
+def test_image_files_gray_and_rgba_are_converted(workdir, tmp_path, capsys):
+  gray = tmp_path / 'gray.png'
+  rgba = tmp_path / 'rgba.png'
+  Image.fromarray((np.arange(40 * 48).reshape(40, 48) % 256).astype(np.uint8), 'L').save(gray)
+  Image.fromarray(np.full((30, 30, 4), 200, np.uint8), 'RGBA').save(rgba)
+  out = tmp_path / 'figures'
+  assert visualize.main(['occlusion', '--workdir', str(workdir), '--images', str(gray),
+                         str(rgba), '--label', '3', '--patch', '6', '--stride', '3',
+                         '--out', str(out)]) == 0
+  printed = capsys.readouterr().out
+  assert 'tiled to RGB' in printed and 'alpha channel dropped' in printed
+  record = read_json(out / 'occlusion.json')
+  assert record['labels'] == [3, 3]
+  assert np.shape(record['maps'][0]['prob']) == (9, 9)  # (32 - 6) // 3 + 1
+  assert_png(out / 'occlusion.png')
+
+
+def test_correspondence_with_boxes(workdir, tmp_path):
+  boxes = tmp_path / 'boxes.json'
+  boxes.write_text(json.dumps({'left': [[10, 2, 6, 6]] * 3, 'right': [[10, 24, 6, 6]] * 3}))
+  out = tmp_path / 'figures'
+  assert visualize.main(['correspondence', '--workdir', str(workdir), '--boxes', str(boxes),
+                         '--num-random', '3', '--out', str(out)]) == 0
+  record = read_json(out / 'correspondence.json')
+  assert record['rows'] == ['left', 'right', 'random']
+
+
+# -------------------------------------------------------------------- bad input
+
+
+def fails(argv, capsys, *expected):
+  assert visualize.main(argv) == 2
+  err = capsys.readouterr().err
+  lines = err.strip().splitlines()
+  assert len(lines) == 1, err
+  assert 'Traceback' not in err
+  for text in expected:
+    assert text in err, err
+  return err
+
+
+def test_missing_workdir(tmp_path, capsys):
+  fails(['top9', '--workdir', str(tmp_path / 'nope'), '--out', str(tmp_path)], capsys,
+        'does not exist')
+  fails(['top9', '--out', str(tmp_path)], capsys, '--workdir')
+  fails(['top9', '--checkpoint', str(tmp_path), '--out', str(tmp_path)], capsys, 'checkpoint')
+
+
+def test_unknown_layer_channel_and_step(workdir, tmp_path, capsys):
+  common = ['--workdir', str(workdir), '--out', str(tmp_path)]
+  fails(['top9', *common, '--layers', 'conv9'], capsys, "'conv9'", 'conv1')
+  fails(['top9', *common, '--layers', 'fc7'], capsys, "'fc7'")
+  fails(['top9', *common, '--layers', 'conv1', '--channels', '99'], capsys, '99', 'conv1')
+  fails(['invariance', *common, '--layers', 'conv1,fc9'], capsys, 'fc9')
+  fails(['evolution', *common, '--steps', '3'], capsys, '3')
+  fails(['occlusion', *common, '--label', '12'], capsys, '12')
+  fails(['top9', *common, '--step', 'newest'], capsys, '--step')
+
+
+def test_bad_image_files(workdir, tmp_path, capsys):
+  text = tmp_path / 'notes.png'
+  text.write_text('not an image')
+  common = ['--workdir', str(workdir), '--out', str(tmp_path)]
+  fails(['occlusion', *common, '--images', str(text)], capsys, 'not an image')
+  fails(['occlusion', *common, '--images', str(tmp_path / 'missing.png')], capsys,
+        'does not exist')
+
+
+def test_cli_exit_codes_without_traceback(tmp_path):
+  for argv, expected in ((['frobnicate'], 'invalid choice'),
+                         (['top9', '--workdir', str(tmp_path / 'nope')], 'does not exist')):
+    proc = subprocess.run([sys.executable, 'visualize.py', *argv], cwd=REPO, text=True,
+                          capture_output=True, env=environment(), timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert expected in proc.stderr and 'Traceback' not in proc.stderr
+
+
+# ------------------------------------------------------------------ index and helpers
+
+
+def test_index_escapes_and_links_only_existing_files(tmp_path):
+  (tmp_path / 'a.png').write_bytes(b'png')
+  entries = [{'key': 'a', 'title': '<b>A</b>', 'png': 'a.png', 'json': 'a.json',
+              'caption': 'x < y & "z"', 'model': 'm', 'command': 'visualize.py <x>'},
+             {'key': 'b', 'title': 'B', 'png': 'b.png', 'json': 'b.json', 'caption': 'gone'},
+             {'key': 'c', 'title': 'C', 'png': '../etc/passwd', 'caption': 'outside'}]
+  page = visualize.write_index(tmp_path, entries)
+  text = page.read_text()
+  assert '<b>A</b>' not in text and '&lt;b&gt;A&lt;/b&gt;' in text
+  assert 'x &lt; y &amp; &quot;z&quot;' in text
+  assert links(page) == ['a.png', 'a.png']  # no JSON (absent), no b, no path outside
+  assert 'gone' not in text and 'outside' not in text
+
+
+def test_display_normalization():
+  x = np.array([[[[-2.0, 0.0, 1.0]]], [[[0.0, 0.0, 0.0]]]])
+  shown = plots.signed_to_display(x)
+  np.testing.assert_allclose(shown[0, 0, 0], [0.0, 0.5, 0.75])
+  np.testing.assert_allclose(shown[1], 0.5)
+  tiles = np.zeros((5, 4, 3, 3))
+  assert plots.mosaic(tiles, columns=2, pad=1).shape == (3 * 5 - 1, 2 * 4 - 1, 3)
+  assert plots.block_mosaic(np.zeros((2, 4, 6, 6, 3))).shape[-1] == 3
+
+
+def test_filter_statistics():
+  checker = np.indices((4, 4)).sum(0) % 2 * 2.0 - 1.0
+  bank = np.stack([np.repeat(checker[..., None], 3, -1), np.ones((4, 4, 3))])
+  high = filters.high_frequency_fraction(bank)
+  np.testing.assert_allclose(high, [1.0, 0.0])
+  np.testing.assert_allclose(filters.filter_rms(bank), [1.0, 1.0])
+  params = {'conv1': {'kernel': np.moveaxis(bank, 0, -1)}}
+  np.testing.assert_array_equal(filters.filter_bank(params), bank)
+  with pytest.raises(ValueError, match='conv layer'):
+    filters.filter_bank(params, 'conv2')
+
+
+def test_select_steps():
+  assert evolution.select_steps((2, 4, 6)) == (2, 4, 6)
+  assert evolution.select_steps((2, 4, 6), [6, 2]) == (2, 6)
+  with pytest.raises(ValueError, match=r'\[3\]'):
+    evolution.select_steps((2, 4), [3])
+
+
+# ------------------------------------------------------- a photo-sized (224) model
+
+
+@pytest.fixture(scope='module')
+def photo_workdir(tmp_path_factory):
+  """A narrow, untrained ZFNet on 224x224 inputs whose dataset (imagenet2012, looked for
+  in an empty data_dir) is not on this machine: the photo and fallback paths."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from configs import zfnet  # pylint: disable=g-import-not-at-top
+  from zfjax import checkpoints, training  # pylint: disable=g-import-not-at-top
+  path = tmp_path_factory.mktemp('zf_photo')
+  config = zfnet.get_config()
+  config.update(conv_features=(8, 8, 8, 8, 8), fc_features=(16, 16), init='he_normal',
+                data_dir=str(path / 'no_data'))
+  model = training.create_model(config, 1000)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))['params']
+  manager = checkpoints.create_manager(path / 'checkpoints', async_save=False)
+  checkpoints.save(manager, 7, {'params': params}, config=config)
+  manager.wait_until_finished()
+  manager.close()
+  return path
+
+
+def test_photo_model_uses_sample_photos(photo_workdir, tmp_path, capsys):
+  out = tmp_path / 'figures'
+  common = ['--workdir', str(photo_workdir), '--out', str(out)]
+  assert visualize.main(['occlusion', *common, '--num-images', '1', '--patch', '56',
+                         '--stride', '56']) == 0
+  record = read_json(out / 'occlusion.json')
+  assert record['images'] == ['astronaut']
+  assert 'most probable class' in record['label_source']
+  assert np.shape(record['maps'][0]['prob']) == (4, 4)
+  assert record['provenance']['notes'] and 'channel means' in record['provenance']['notes'][0]
+  assert visualize.main(['top9', *common, '--layers', 'conv1', '--channels', '0',
+                         '--k', '2']) == 0
+  assert 'using the sample photos' in capsys.readouterr().out
+  record = read_json(out / 'top9.json')
+  assert 'sample photos' in record['dataset']
+  fails(['correspondence', *common], capsys, 'needs --boxes')
+  assert set(links(out / 'index.html')) == {'occlusion.png', 'occlusion.json', 'top9.png',
+                                            'top9.json'}

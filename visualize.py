@@ -104,6 +104,13 @@ class Session:
   dataset_error: Optional[str] = None  # why the dataset cannot be read here, once known
 
   @property
+  def gray(self) -> bool:
+    """Whether the model was trained on gray images tiled to RGB (projections and filters
+    are then shown as their channel sums)."""
+    from zfjax import input_pipeline  # pylint: disable=g-import-not-at-top
+    return self.config.dataset == input_pipeline.DIGITS
+
+  @property
   def mean(self) -> np.ndarray:
     """The mean image cropped to the model's input (add it to an input to display it)."""
     return center_crop(self.mean_full, self.image_size)
@@ -645,7 +652,7 @@ def run_top9(args, session: Session, out: Output, progress: Progress) -> None:
     valid = np.asarray(patches.valid)
     panels.append(plots.TopKPanel(
         layer, channels[layer],
-        plots.blank_outside(plots.signed_to_display(np.asarray(projections.pixels)), valid),
+        plots.blank_outside(plots.signed_to_display(np.asarray(projections.pixels), gray=session.gray), valid),
         plots.blank_outside(np.clip(np.asarray(patches.pixels) / 255.0, 0, 1), valid)))
     pick = lambda a, layer=layer: np.asarray(a)[channels[layer]]
     example = pick(result.example)
@@ -689,7 +696,7 @@ def run_evolution(args, session: Session, out: Output, progress: Progress) -> No
   columns, numbers = [], {'steps': result.steps, 'layers': {}}
   for layer in layers:
     strongest = result.layers[layer]
-    shown = plots.blank_outside(plots.signed_to_display(strongest.projection), strongest.valid)
+    shown = plots.blank_outside(plots.signed_to_display(strongest.projection, gray=session.gray), strongest.valid)
     for c, channel in enumerate(channels[layer]):
       columns.append((f'{layer} #{channel}', shown[:, c]))
     numbers['layers'][layer] = {'channels': channels[layer], 'value': strongest.value,
@@ -791,7 +798,7 @@ def run_occlusion(args, session: Session, out: Output, progress: Progress) -> No
                                  patch=patch, stride=stride, fill=args.fill, layer=layer)
     rows.append(plots.OcclusionRow(
         name, plots.image_to_display(image, session.mean), np.asarray(maps.feature),
-        plots.signed_to_display(np.asarray(maps.projection)), np.asarray(maps.prob),
+        plots.signed_to_display(np.asarray(maps.projection), gray=session.gray), np.asarray(maps.prob),
         np.asarray(maps.top_class), int(label), int(maps.channel), layer, patch, stride,
         names, kind))
     numbers['maps'].append({
@@ -924,11 +931,12 @@ def run_filters(args, session: Session, out: Output, progress: Progress) -> None
       bank = np.repeat(bank.mean(-1, keepdims=True), 3, axis=-1)
     features = None
     if summary.features is not None:
-      features = plots.blank_outside(plots.signed_to_display(summary.features.projection),
+      features = plots.blank_outside(plots.signed_to_display(summary.features.projection,
+                                                         gray=session.gray),
                                      summary.features.valid)
     panels.append(plots.FilterPanel(
         f'{name}\n{layer}: {bank.shape[0]} filters {bank.shape[1]}x{bank.shape[2]}',
-        plots.signed_to_display(bank), summary.rms, radius or None, features,
+        plots.signed_to_display(bank, gray=session.gray), summary.rms, radius or None, features,
         f'{features_layer} features (strongest activation per map, projected)'))
     numbers['checkpoints'].append({'name': name, 'checkpoint': current.checkpoint,
                                    'step': current.step, 'model': current.config.model,

@@ -35,11 +35,16 @@ OUTSIDE = (0.78, 0.84, 0.92)  # light blue-gray: cells outside a unit's receptiv
 # ------------------------------------------------------------------ display normalization
 
 
-def signed_to_display(x: np.ndarray, axes: Sequence[int] = (-3, -2, -1)) -> np.ndarray:
+def signed_to_display(x: np.ndarray, axes: Sequence[int] = (-3, -2, -1),
+                      gray: bool = False) -> np.ndarray:
   """Each item scaled to [0, 1] around 0.5: x / (2 max |x|) + 0.5 over `axes` (default: one
-  (H, W, C) image per item). An all-zero item is uniformly 0.5."""
+  (H, W, C) image per item). An all-zero item is uniformly 0.5. gray=True first replaces
+  the color channels by their sum: for a model fed gray images tiled to RGB (digits), the
+  network only sees that sum, and the split between channels means nothing."""
   x = np.asarray(x, np.float32)
-  peak = np.max(np.abs(x), axis=tuple(axes), keepdims=True)
+  if gray:
+    x = np.repeat(x.sum(-1, keepdims=True), x.shape[-1], axis=-1)
+  peak = np.abs(x).max(axis=tuple(axes), keepdims=True)
   return np.clip(x / np.where(peak > 0, 2 * peak, 1.0) + 0.5, 0.0, 1.0)
 
 

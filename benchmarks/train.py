@@ -52,6 +52,8 @@ def parse_args(argv=None):
   parser.add_argument('--torch_compile', action='store_true', help='torch.compile the model')
   parser.add_argument('--torch_threads', type=int, default=None)
   parser.add_argument('--json', default=None, help='append the JSON line to this file')
+  parser.add_argument('--profile', action='store_true',
+                      help='also time each layer alone (forward, forward + backward)')
   return parser.parse_args(argv)
 
 
@@ -147,6 +149,81 @@ def bench_torch(args) -> dict:
           'compiled': args.torch_compile}
 
 
+def layer_profile(args) -> list[dict]:
+  """Where a step's time goes: each layer of ZFNet alone at the step's shapes, forward and
+  forward + backward (the gradients the step needs: weights, and the input's except for
+  conv1), jitted in JAX and eager in PyTorch, median of a few runs."""
+  import torch  # pylint: disable=import-outside-toplevel
+  import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
+  from zfjax import architecture, models  # pylint: disable=import-outside-toplevel
+  spec = architecture.zfnet(args.num_classes)
+  shapes = architecture.shapes(spec, (args.image_size, args.image_size, 3))
+  n, previous, rows = args.batch_size, (args.image_size, args.image_size, 3), []
+  rng = np.random.default_rng(0)
+
+  def timed(fn, repeats=3):
+    fn()
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      fn()
+      times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+  for record in spec:
+    x = rng.standard_normal((n, *previous)).astype(np.float32)
+    first = previous == (args.image_size, args.image_size, 3)
+    if isinstance(record, architecture.Conv):
+      k = (0.01 * rng.standard_normal((record.kernel, record.kernel, previous[-1],
+                                       record.features))).astype(np.float32)
+      pad = [(record.padding, record.padding)] * 2
+      jax_fn = lambda x, k, r=record, pad=pad: jax.nn.relu(jax.lax.conv_general_dilated(
+          x, k, (r.stride,) * 2, pad, dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+      torch_fn = lambda x, k, r=record: F.relu(F.conv2d(x, k, stride=r.stride,
+                                                        padding=r.padding))
+      tk = torch.from_numpy(k.transpose(3, 2, 0, 1).copy())
+    elif isinstance(record, architecture.Dense):
+      x = x.reshape(n, -1)
+      k = (0.01 * rng.standard_normal((x.shape[1], record.features))).astype(np.float32)
+      jax_fn = lambda x, k: jax.nn.relu(x @ k)
+      torch_fn = lambda x, k: F.relu(x @ k)
+      tk = torch.from_numpy(k)
+    elif isinstance(record, architecture.Pool):
+      k, tk = None, None
+      jax_fn = lambda x, k, r=record: models.max_pool(x, r)
+      torch_fn = lambda x, k: F.max_pool2d(x, 3, 2, ceil_mode=True)
+    else:
+      k, tk = None, None
+      jax_fn = lambda x, k, r=record: models.local_response_norm(x, r.size, r.alpha, r.beta,
+                                                                 r.k)
+      torch_fn = lambda x, k, r=record: F.local_response_norm(x, r.size, r.alpha * r.size,
+                                                              r.beta, r.k)
+    jx, jk = jax.numpy.asarray(x), None if k is None else jax.numpy.asarray(k)
+    wrt = tuple(i for i, needed in ((0, not first), (1, k is not None)) if needed)
+    forward = jax.jit(jax_fn)
+    both = jax.jit(lambda x, k, f=jax_fn, wrt=wrt: jax.grad(
+        lambda *a: f(*a).sum(), argnums=wrt)(x, k))
+    tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy() if x.ndim == 4 else x)
+    tx.requires_grad_(not first)
+    if tk is not None:
+      tk.requires_grad_(True)
+
+    def torch_both(f=torch_fn, tx=tx, tk=tk):
+      f(tx, tk).sum().backward()
+
+    def torch_forward(f=torch_fn, tx=tx, tk=tk):
+      with torch.no_grad():
+        f(tx, tk)
+    rows.append({
+        'layer': record.name,
+        'jax_forward_ms': 1e3 * timed(lambda: forward(jx, jk).block_until_ready()),
+        'jax_forward_backward_ms': 1e3 * timed(lambda: jax.block_until_ready(both(jx, jk))),
+        'torch_forward_ms': 1e3 * timed(torch_forward),
+        'torch_forward_backward_ms': 1e3 * timed(torch_both)})
+    previous = shapes[record.name]
+  return rows
+
+
 def main(argv=None):
   args = parse_args(argv)
   result = {'benchmark': 'train_step', 'model': 'zfnet', 'batch_size': args.batch_size,
@@ -161,10 +238,18 @@ def main(argv=None):
     name = 'torch compile' if args.torch_compile else 'torch eager'
     rows.append((name, result['torch']['images_per_sec'], result['torch']['ms_per_step'],
                  result['torch']['first_step_s'], ''))
+  if args.profile:
+    result['layers'] = layer_profile(args)
   result['environment'] = common.environment()
   assert not result['environment']['tensorflow_imported'], 'TensorFlow was imported'
   common.print_report(result, ('framework', 'images/s', 'ms/step', 'first step s', 'MFU'),
                       rows, args.json)
+  if args.profile:
+    print()
+    print(common.markdown_table(
+        ('layer', 'JAX fwd ms', 'JAX fwd+bwd ms', 'torch fwd ms', 'torch fwd+bwd ms'),
+        [(r['layer'], r['jax_forward_ms'], r['jax_forward_backward_ms'], r['torch_forward_ms'],
+          r['torch_forward_backward_ms']) for r in result['layers']]))
 
 
 if __name__ == '__main__':

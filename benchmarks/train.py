@@ -161,14 +161,7 @@ def layer_profile(args) -> list[dict]:
   n, previous, rows = args.batch_size, (args.image_size, args.image_size, 3), []
   rng = np.random.default_rng(0)
 
-  def timed(fn, repeats=3):
-    fn()
-    times = []
-    for _ in range(repeats):
-      start = time.perf_counter()
-      fn()
-      times.append(time.perf_counter() - start)
-    return statistics.median(times)
+  timed = lambda fn: median_step_seconds(fn, steps=3, warmup=1)[1]
 
   for record in spec:
     x = rng.standard_normal((n, *previous)).astype(np.float32)

@@ -159,6 +159,15 @@ def layer_names(spec: Spec) -> tuple[str, ...]:
   return tuple(layer.name for layer in spec)
 
 
+def check_layers(spec: Spec, layers, what: str = 'layers') -> None:
+  """ValueError naming `what` unless `layers` is a non-empty list of this spec's layers."""
+  names = layer_names(spec)
+  unknown = [name for name in layers if name not in names]
+  if not layers or unknown:
+    raise ValueError(f'{what}: unknown layer(s) {unknown or list(layers)}; this model has '
+                     f'{names}')
+
+
 def conv_names(spec: Spec) -> tuple[str, ...]:
   return tuple(layer.name for layer in spec if isinstance(layer, Conv))
 
@@ -339,3 +348,47 @@ def get(name: str, num_classes: int, **kwargs) -> Spec:
   if name not in SPECS:
     raise ValueError(f'unknown model {name!r}; choose one of {sorted(SPECS)}')
   return SPECS[name](num_classes, **kwargs)
+
+
+# ------------------------------------------------------------- published PyTorch models
+# (zfjax.interop loads their state dicts; these specs reproduce their forward passes.)
+
+
+def torchvision_alexnet(num_classes: int = 1000,
+                        conv_features: Sequence[int] = (64, 192, 384, 256, 256),
+                        fc_features: Sequence[int] = (4096, 4096),
+                        dropout: float = 0.5) -> Spec:
+  """torchvision's `alexnet` (the "one weird trick" single-tower AlexNet): 11x11/4 pad 2
+  and 5x5/1 pad 2 convs, 3x3/2 floor-mode pools, no normalization, AdaptiveAvgPool2d to
+  6x6 (the identity on 224x224 inputs), then fc 4096, 4096, C.
+
+  Dropout differs only in training: torchvision drops the inputs of fc6 and fc7
+  (Dropout, Linear, ReLU, Dropout, Linear, ReLU, Linear), `Dense` drops the outputs of
+  fc6 and fc7. At inference dropout is off and the two compute the same logits."""
+  c1, c2, c3, c4, c5 = conv_features
+  return (
+      Conv('conv1', c1, kernel=11, stride=4, padding=2), Pool('pool1', ceil=False),
+      Conv('conv2', c2, kernel=5, stride=1, padding=2), Pool('pool2', ceil=False),
+      Conv('conv3', c3, kernel=3, stride=1, padding=1),
+      Conv('conv4', c4, kernel=3, stride=1, padding=1),
+      Conv('conv5', c5, kernel=3, stride=1, padding=1),
+      Pool('pool5', ceil=False), AvgPool('avgpool', 6),
+  ) + _classifier(num_classes, fc_features, dropout)
+
+
+PYTORCHCV_NORM = Norm('norm', size=5, alpha=1e-4 / 5, beta=0.75, k=2.0)
+
+
+def pytorchcv_zfnet(num_classes: int = 1000, norm_before_pool: bool = True,
+                    **kwargs) -> Spec:
+  """pytorchcv's `zfnet` (and, with conv_features=(96, 256, 512, 1024, 512), `zfnetb`):
+  the paper's geometry with torch's default LocalResponseNorm (size 5, alpha 1e-4 / 5 in
+  AlexNet's formula, beta 0.75, k 2) right after conv1's and conv2's ReLU, before
+  pooling. Other keyword arguments go to `zfnet`."""
+  if not norm_before_pool:
+    raise ValueError('pytorchcv_zfnet normalizes before pooling; norm_before_pool=False '
+                     'is the paper\'s zfnet')
+  return zfnet(num_classes, norm_before_pool=True, norm=PYTORCHCV_NORM, **kwargs)
+
+
+SPECS.update(torchvision_alexnet=torchvision_alexnet, pytorchcv_zfnet=pytorchcv_zfnet)

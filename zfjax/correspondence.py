@@ -226,11 +226,7 @@ def _check(model, images, parts, layers, random_sets, num_random, batch_size):
   if num_images < 2:
     raise ValueError(f'images: expected at least 2 images (Delta compares pairs), got '
                      f'shape {images.shape}')
-  names = architecture.layer_names(model.spec)
-  unknown = [name for name in layers if name not in names]
-  if not layers or unknown:
-    raise ValueError(f'layers: unknown layer(s) {unknown or list(layers)}; this model has '
-                     f'{names}')
+  architecture.check_layers(model.spec, layers)
   if not parts:
     raise ValueError('parts: expected at least one part (name -> (N, 4) boxes)')
   part_sets = np.stack([_check_boxes(what, boxes, (num_images, 4), height, width)

@@ -237,11 +237,7 @@ def _check(model, images, labels, amounts, layers, transform, batch_size) -> Non
   if np.ndim(amounts) != 1 or np.shape(amounts)[0] == 0:
     raise ValueError(f'amounts: expected a non-empty rank-1 array, got shape '
                      f'{np.shape(amounts)}')
-  names = architecture.layer_names(model.spec)
-  unknown = [name for name in layers if name not in names]
-  if not layers or unknown:
-    raise ValueError(f'layers: unknown layer(s) {unknown or list(layers)}; this model has '
-                     f'{names}')
+  architecture.check_layers(model.spec, layers)
   if not callable(transform):
     raise ValueError(f'transform: expected a function (images, amount, fill) -> images, '
                      f'got {transform!r}')

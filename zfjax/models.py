@@ -151,10 +151,7 @@ def activations(model: ConvNet, variables, images: Array,
   (inference mode). Conv and dense names give post-ReLU outputs; fc8 gives logits.
   Under jit, layers above the highest one asked for are not computed."""
   layers = tuple(layers)
-  names = architecture.layer_names(model.spec)
-  unknown = [name for name in layers if name not in names]
-  if unknown:
-    raise ValueError(f'unknown layer(s) {unknown}; this model has {names}')
+  architecture.check_layers(model.spec, layers)
   _, state = model.apply(variables, images, mutable=['intermediates'])
   outputs = state['intermediates']['layers']
   return {name: outputs[name] for name in layers}

@@ -53,6 +53,18 @@ def test_maps_mean_what_the_paper_says(setup):
   np.testing.assert_allclose(maps.projection, projection[0, 0], rtol=1e-6)
 
 
+def test_field_threshold_one_is_exact_and_smaller_ones_approximate(setup):
+  model, variables, image = setup
+  exact = occlusion.sensitivity(model, variables, image, 3, patch=32, stride=24)
+  same = occlusion.sensitivity(model, variables, image, 3, patch=32, stride=24,
+                               field_threshold=1.0)
+  np.testing.assert_array_equal(same.prob, exact.prob)
+  rough = occlusion.sensitivity(model, variables, image, 3, patch=32, stride=24,
+                                field_threshold=0.3)
+  assert rough.prob.shape == exact.prob.shape and bool(jnp.isfinite(rough.prob).all())
+  assert 0 < float(jnp.abs(rough.prob - exact.prob).max()) < 0.5   # approximate, not wild
+
+
 @pytest.mark.parametrize('spec', [
     architecture.alexnet(num_classes=5, conv_features=(8, 8, 8, 8, 8), fc_features=(8, 8)),
     architecture.zfnet(num_classes=5, conv_features=(8, 8, 8, 8, 8), fc_features=(8, 8),
@@ -77,6 +89,8 @@ def test_incremental_equals_naive_on_other_variants(spec):
     (dict(label=10), 'label 10 out of range'),
     (dict(layer='pool5'), "unknown feature layer 'pool5'"),
     (dict(method='fast'), "unknown method 'fast'"),
+    (dict(field_threshold=0.0), 'field_threshold must be in'),
+    (dict(field_threshold=0.5, method='naive'), 'field_threshold must be in'),
     (dict(image=jnp.zeros((1, 224, 224, 3))), r'one \(H, W, 3\) image'),
     (dict(image=jnp.zeros((224, 224))), r'one \(H, W, 3\) image'),
 ])

@@ -339,17 +339,6 @@ def small_zfnet(num_classes: int = 10,
   ) + _classifier(num_classes, fc_features, dropout)
 
 
-SPECS = {'zfnet': zfnet, 'zfnet_wide': zfnet_wide, 'alexnet': alexnet,
-         'small_zfnet': small_zfnet}
-
-
-def get(name: str, num_classes: int, **kwargs) -> Spec:
-  """The spec called `name` (a key of SPECS), for config files."""
-  if name not in SPECS:
-    raise ValueError(f'unknown model {name!r}; choose one of {sorted(SPECS)}')
-  return SPECS[name](num_classes, **kwargs)
-
-
 # ------------------------------------------------------------- published PyTorch models
 # (zfjax.interop loads their state dicts; these specs reproduce their forward passes.)
 
@@ -391,4 +380,13 @@ def pytorchcv_zfnet(num_classes: int = 1000, norm_before_pool: bool = True,
   return zfnet(num_classes, norm_before_pool=True, norm=PYTORCHCV_NORM, **kwargs)
 
 
-SPECS.update(torchvision_alexnet=torchvision_alexnet, pytorchcv_zfnet=pytorchcv_zfnet)
+SPECS = {'zfnet': zfnet, 'zfnet_wide': zfnet_wide, 'alexnet': alexnet,
+         'small_zfnet': small_zfnet, 'torchvision_alexnet': torchvision_alexnet,
+         'pytorchcv_zfnet': pytorchcv_zfnet}
+
+
+def get(name: str, num_classes: int, **kwargs) -> Spec:
+  """The spec called `name` (a key of SPECS), for config files."""
+  if name not in SPECS:
+    raise ValueError(f'unknown model {name!r}; choose one of {sorted(SPECS)}')
+  return SPECS[name](num_classes, **kwargs)

@@ -1,0 +1,361 @@
+"""zfjax.interop against the PyTorch models it reads.
+
+Sources: pytorchcv's zfnet and zfnetb (pretrained=False, offline), a torchvision-shaped
+AlexNet written here in plain torch (torchvision is not a dependency), and
+tools/torch_zfnet's TorchZFNet, whose state dict is the 'zfjax' layout. Their weights are
+randomized (He-normal, small positive biases) so every layer is alive; inputs are like
+ImageNet-normalized images. Each import must give the source's logits to 1e-4 (max error
+over max |logit|) and come back bit for bit. Then the CLI: import -> restore_params and
+visualize's loader, export -> torch.load, and the errors users see.
+"""
+
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip('torch')
+pytorchcv_provider = pytest.importorskip('pytorchcv.model_provider')
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / 'tools'))
+import torch_zfnet as tz  # pylint: disable=wrong-import-position
+
+# pylint: disable=wrong-import-position
+from zfjax import architecture, checkpoints, deconv, interop, models, training
+
+TOLERANCE = 1e-4
+nn = torch.nn
+
+
+class TorchvisionAlexNet(nn.Module):
+  """torchvision.models.AlexNet's modules, names and forward pass."""
+
+  def __init__(self, num_classes: int = 1000, dropout: float = 0.5):
+    super().__init__()
+    self.features = nn.Sequential(
+        nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2))
+    self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+    self.classifier = nn.Sequential(
+        nn.Dropout(p=dropout), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
+        nn.Dropout(p=dropout), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
+        nn.Linear(4096, num_classes))
+
+  def forward(self, x):
+    return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def randomize(model, seed=0):
+  """He-normal weights, biases uniform on [0, 0.1]; the model in eval mode."""
+  generator = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, value in model.state_dict().items():
+      if name.endswith('weight'):
+        fan_in = int(np.prod(value.shape[1:]))
+        value.copy_(torch.randn(value.shape, generator=generator) * np.sqrt(2.0 / fan_in))
+      else:
+        value.copy_(torch.rand(value.shape, generator=generator) * 0.1)
+  return model.eval()
+
+
+def images(n=1, size=224, seed=0):
+  """(n, 3, size, size) torch images on the scale of ImageNet-normalized inputs."""
+  return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 1.5
+
+
+def nhwc(x):
+  return x.numpy().transpose(0, 2, 3, 1)
+
+
+def relative_error(actual, reference):
+  reference = np.asarray(reference, np.float64)
+  return float(np.abs(np.asarray(actual, np.float64) - reference).max() / np.abs(reference).max())
+
+
+def logits(spec, variables, x):
+  return np.asarray(models.ConvNet(spec).apply(variables, nhwc(x)))
+
+
+def assert_same_state_dict(actual, expected):
+  assert list(actual) == list(expected) or set(actual) == set(expected)
+  for key, value in expected.items():
+    value = value.numpy() if hasattr(value, 'numpy') else np.asarray(value)
+    other = actual[key].numpy() if hasattr(actual[key], 'numpy') else np.asarray(actual[key])
+    assert other.dtype == value.dtype and other.shape == value.shape, key
+    assert np.array_equal(other.view(np.uint32), value.view(np.uint32)), key  # bitwise
+
+
+@pytest.fixture(scope='module')
+def zfnet():
+  return randomize(pytorchcv_provider.get_model('zfnet', pretrained=False), seed=1)
+
+
+# ------------------------------------------------------------------------------ logits
+
+
+def test_pytorchcv_zfnet_logits_and_round_trip(zfnet):
+  x = images(2)
+  with torch.no_grad():
+    reference = zfnet(x).numpy()
+  spec, variables = interop.from_torch(zfnet.state_dict(), 'zfnet')
+  assert spec == architecture.pytorchcv_zfnet(1000)
+  assert relative_error(logits(spec, variables, x), reference) < TOLERANCE
+  assert_same_state_dict(interop.to_torch(variables, spec, 'zfnet'), zfnet.state_dict())
+  # pytorchcv normalizes (functionally, invisible in the state dict) with torch's alpha
+  # 1e-4, i.e. 2e-5 here: the paper's constant, or no normalization, changes the logits.
+  for other in (architecture.zfnet(1000, norm_before_pool=True),
+                architecture.without(spec, 'norm1', 'norm2')):
+    assert relative_error(logits(other, variables, x), reference) > 10 * TOLERANCE
+
+
+def test_pytorchcv_zfnetb_logits_and_round_trip():
+  source = randomize(pytorchcv_provider.get_model('zfnetb', pretrained=False), seed=2)
+  x = images(1, seed=1)
+  with torch.no_grad():
+    reference = source(x).numpy()
+  spec, variables = interop.from_torch(source.state_dict(), 'zfnetb')
+  assert architecture.num_params(spec) == 107_627_624
+  assert relative_error(logits(spec, variables, x), reference) < TOLERANCE
+  assert_same_state_dict(interop.to_torch(variables, spec, 'zfnetb'), source.state_dict())
+
+
+@pytest.mark.parametrize('size', [224, 256])  # 256: the adaptive pool averages 7 -> 6
+def test_torchvision_alexnet_logits_and_round_trip(size):
+  source = randomize(TorchvisionAlexNet(num_classes=10), seed=3)
+  x = images(1, size=size, seed=2)
+  with torch.no_grad():
+    reference = source(x).numpy()
+  spec, variables = interop.from_torch(source.state_dict(), 'torchvision_alexnet',
+                                       input_shape=(size, size, 3))
+  assert spec == architecture.torchvision_alexnet(10)
+  assert architecture.shapes(spec, (size, size, 3))['pool5'][:2] == ((6, 6) if size == 224
+                                                                    else (7, 7))
+  assert relative_error(logits(spec, variables, x), reference) < TOLERANCE
+  assert_same_state_dict(interop.to_torch(variables, spec, 'torchvision_alexnet'),
+                         source.state_dict())
+
+
+def test_zfjax_layout_is_torch_zfnet():
+  """TorchZFNet (the paper's order) has the 'zfjax' layout's keys."""
+  source = randomize(tz.TorchZFNet(10, fc_features=(64, 64)), seed=4)
+  spec = architecture.zfnet(10, fc_features=(64, 64))
+  x = images(1, seed=3) * 50  # the paper's 0-255 scale
+  with torch.no_grad():
+    reference = source(x).numpy()
+  _, variables = interop.from_torch(source.state_dict(), 'zfjax', spec=spec)
+  assert relative_error(logits(spec, variables, x), reference) < TOLERANCE
+  state_dict = interop.to_torch(variables, spec, tensors=True)
+  assert_same_state_dict(state_dict, source.state_dict())
+  assert isinstance(state_dict['fc6.weight'], torch.Tensor)
+
+
+def test_zfjax_params_round_trip_bitwise():
+  spec = architecture.zfnet(7)
+  params = tz.random_flax_params(num_classes=7, fc_features=(4096, 4096), seed=5)
+  state_dict = interop.to_torch({'params': params}, spec)
+  assert [k for k in state_dict][:2] == ['conv1.weight', 'conv1.bias']
+  assert state_dict['conv1.weight'].shape == (96, 3, 7, 7)
+  assert state_dict['fc6.weight'].shape == (4096, 256 * 6 * 6)
+  # fc6 reads torch's CHW flattening: input (c, y, x) is our row (y * 6 + x) * 256 + c.
+  assert np.array_equal(state_dict['fc6.weight'][:, 1 * 36 + 2 * 6 + 3],
+                        params['fc6']['kernel'][(2 * 6 + 3) * 256 + 1])
+  back_spec, back = interop.from_torch(state_dict, 'zfjax')  # default: the paper's ZFNet
+  assert back_spec == spec
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a.view(np.uint32),
+                                                          b.view(np.uint32)),
+               back['params'], params)
+
+
+# --------------------------------------------------------------------------- projection
+
+
+def test_deconv_projection_of_imported_zfnet_matches_torch_reference(zfnet):
+  """The imported model's conv5 projections equal tools/torch_zfnet's literal deconvnet
+  on the same weights (pytorchcv's layout: normalize before pooling, alpha 2e-5)."""
+  spec, variables = interop.from_torch(zfnet.state_dict(), 'zfnet')
+  x = images(1, seed=4)
+  channels = (0, 7)
+  projection = np.asarray(deconv.project(models.ConvNet(spec), variables, nhwc(x), 'conv5',
+                                         np.asarray(channels)))
+  assert projection.shape == (1, 2, 224, 224, 3) and np.isfinite(projection).all()
+  assert np.abs(projection).max() > 0
+  reference_model = tz.load_flax_params(
+      tz.TorchZFNet(1000, norm_before_pool=True, lrn_alpha=1e-4 / 5).eval(),
+      variables['params'])
+  with torch.no_grad():
+    reference_logits = reference_model(x).numpy()
+  assert relative_error(logits(spec, variables, x), reference_logits) < TOLERANCE
+  reference = tz.literal_deconvnet(reference_model, x, 'conv5', channels).numpy()
+  assert relative_error(projection, reference.transpose(0, 1, 3, 4, 2)) < TOLERANCE
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+
+def load_visualize():
+  spec = importlib.util.spec_from_file_location('visualize', REPO / 'visualize.py')
+  module = importlib.util.module_from_spec(spec)
+  sys.modules['visualize'] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture(scope='module')
+def imported(zfnet, tmp_path_factory):
+  """`import` of a pytorchcv zfnet .pth (nested under 'state_dict') into a workdir."""
+  root = tmp_path_factory.mktemp('interop')
+  source = root / 'zfnet.pth'
+  torch.save({'state_dict': zfnet.state_dict(), 'epoch': 3}, source)
+  out = root / 'imported'
+  assert interop.main(['import', str(source), '--arch', 'zfnet', '--out', str(out)]) == 0
+  return source, out
+
+
+def test_cli_import_restores_the_same_model(zfnet, imported, monkeypatch):
+  _, out = imported
+  config, params = checkpoints.restore_params(out)
+  assert config.model == 'pytorchcv_zfnet' and config.norm_before_pool
+  assert config.dataset == 'imagenet2012' and '0.229' in config.input_transform
+  assert config.imported_from.startswith('zfnet:')
+  _, expected = interop.from_torch(zfnet.state_dict(), 'zfnet')
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params),
+               expected['params'])
+  model = training.create_model(config, 1000)
+  assert model.spec == architecture.pytorchcv_zfnet(1000)
+  assert json.loads((out / 'config.json').read_text())['model'] == 'pytorchcv_zfnet'
+  # visualize.py --checkpoint OUT and --workdir OUT open it (its mean image: a stand-in).
+  visualize = load_visualize()
+  monkeypatch.setattr(visualize, 'load_mean', lambda config, notes, unavailable:
+                      np.zeros((256, 256, 3), np.float32))
+  for kind in ('checkpoint', 'workdir'):
+    session = visualize.load_session(str(out), kind, 'latest', visualize.Progress())
+    assert session.model.spec == model.spec and session.step == 0
+
+
+def test_cli_export_and_reimport(zfnet, imported, tmp_path):
+  _, out = imported
+  exported = tmp_path / 'export' / 'zfjax.pth'
+  assert interop.main(['export', str(out), '--out', str(exported)]) == 0
+  state_dict = torch.load(exported, weights_only=True)
+  spec, variables = interop.from_torch(zfnet.state_dict(), 'zfnet')
+  assert_same_state_dict(state_dict, interop.to_torch(variables, spec, 'zfjax'))
+  assert json.loads(exported.with_suffix('.json').read_text())['model'] == 'pytorchcv_zfnet'
+  again = tmp_path / 'again'  # the sidecar config brings back pytorchcv's spec
+  assert interop.main(['import', str(exported), '--arch', 'zfjax', '--out', str(again)]) == 0
+  config, params = checkpoints.restore_params(again)
+  assert training.model_spec(config, 1000) == spec
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params),
+               variables['params'])
+
+
+def test_fold_input_scale():
+  """Folded params on 0-255 pixels minus 255 * mean give the source's logits of the
+  normalized image."""
+  source = randomize(TorchvisionAlexNet(num_classes=10), seed=6)
+  spec, variables = interop.from_torch(source.state_dict(), 'torchvision_alexnet')
+  folded = interop.fold_input_scale(variables['params'], spec)
+  assert folded['conv2'] is variables['params']['conv2']
+  pixels = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(7))
+  mean = torch.tensor(interop.IMAGENET_MEAN)[:, None, None]
+  std = torch.tensor(interop.IMAGENET_STD)[:, None, None]
+  with torch.no_grad():
+    reference = source((pixels - mean) / std).numpy()
+  ours = logits(spec, {'params': folded}, (pixels - mean) * 255)
+  assert relative_error(ours, reference) < TOLERANCE
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+def test_errors_name_the_problem(zfnet, tmp_path):
+  state_dict = zfnet.state_dict()
+  with pytest.raises(ValueError, match="unknown arch 'vgg16'"):
+    interop.from_torch(state_dict, 'vgg16')
+  missing = {k: v for k, v in state_dict.items() if k != 'output.fc2.fc.bias'}
+  with pytest.raises(ValueError, match=r"missing keys \['output.fc2.fc.bias'\]"):
+    interop.from_torch(missing, 'zfnet')
+  with pytest.raises(ValueError, match=r"unexpected keys \['extra.weight'\]"):
+    interop.from_torch({**state_dict, 'extra.weight': torch.zeros(1)}, 'zfnet')
+  wrong = {**state_dict, 'features.stage3.unit2.conv.weight': torch.zeros(384, 384, 5, 5)}
+  with pytest.raises(ValueError, match=r'features.stage3.unit2.conv.weight: expected shape '
+                     r'\(384, 384, 3, 3\)'):
+    interop.from_torch(wrong, 'zfnet')
+  with pytest.raises(ValueError, match="fits --arch zfnet"):
+    interop.from_torch(state_dict, 'zfnetb')
+  with pytest.raises(ValueError, match='missing keys'):
+    interop.from_torch(state_dict, 'torchvision_alexnet')
+  spec = architecture.zfnet(10, fc_features=(64, 64))
+  with pytest.raises(ValueError, match=r"params\['conv2'\]\['kernel'\]: expected shape"):
+    interop.to_torch({'params': {**tz.random_flax_params(10),
+                                 'conv2': {'kernel': np.zeros((3, 3, 96, 256), np.float32),
+                                           'bias': np.zeros(256, np.float32)}}}, spec)
+  with pytest.raises(ValueError, match="no layer 'fc8'"):
+    params = tz.random_flax_params(10)
+    interop.to_torch({k: v for k, v in params.items() if k != 'fc8'}, spec)
+  with pytest.raises(ValueError, match=r"arch 'zfnet' has no parameters for layer\(s\) \['fc9'\]"):
+    interop.to_torch({}, architecture.zfnet(10, fc_features=(64, 64, 64)), 'zfnet')
+  # the CLI: one line on stderr, exit status 2; an existing workdir is not overwritten.
+  path = tmp_path / 'bad.pth'
+  torch.save(missing, path)
+  result = subprocess.run([sys.executable, '-m', 'zfjax.interop', 'import', str(path),
+                           '--arch', 'zfnet', '--out', str(tmp_path / 'out')],
+                          cwd=REPO, capture_output=True, text=True, check=False)
+  assert result.returncode == 2 and 'output.fc2.fc.bias' in result.stderr
+  assert 'Traceback' not in result.stderr
+  (tmp_path / 'full').mkdir()
+  (tmp_path / 'full' / 'file').write_text('x')
+  assert interop.main(['import', str(path), '--arch', 'zfnet', '--out',
+                       str(tmp_path / 'full')]) == 2
+
+
+def test_export_of_a_small_model_uses_its_image_size(tmp_path):
+  """A digits-sized small_zfnet (32x32 inputs, 4x4 map into fc6) goes out and back."""
+  from configs import digits  # pylint: disable=import-outside-toplevel
+  config = digits.get_config('smoke')
+  spec = training.model_spec(config, 10)
+  params = models.ConvNet(spec).init(jax.random.key(0), np.zeros((1, 32, 32, 3)))['params']
+  interop.write_checkpoint(tmp_path / 'digits', params, config)
+  exported = tmp_path / 'digits.pth'
+  assert interop.main(['export', str(tmp_path / 'digits'), '--out', str(exported)]) == 0
+  state_dict = torch.load(exported, weights_only=True)
+  assert tuple(state_dict['fc6.weight'].shape) == (16, 8 * 4 * 4)
+  assert interop.main(['import', str(exported), '--arch', 'zfjax', '--out',
+                       str(tmp_path / 'back')]) == 0
+  back_config, back = checkpoints.restore_params(tmp_path / 'back')
+  assert back_config.dataset == 'digits' and back_config.model == 'small_zfnet'
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, back),
+               jax.tree.map(np.asarray, params))
+  assert interop.main(['import', str(exported), '--arch', 'zfjax', '--out',
+                       str(tmp_path / 'folded'), '--fold-normalization']) == 0
+  folded_config, folded = checkpoints.restore_params(tmp_path / 'folded')
+  assert 'conv1 scaled' in folded_config.input_transform
+  scale = 255 * np.asarray(interop.IMAGENET_STD)[:, None]  # per input channel (HWIO)
+  np.testing.assert_allclose(np.asarray(folded['conv1']['kernel']) * scale,
+                             np.asarray(params['conv1']['kernel']), rtol=1e-6)
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, folded['conv2']),
+               jax.tree.map(np.asarray, params['conv2']))
+
+
+def test_imported_config_has_every_training_field():
+  from configs import zfnet  # pylint: disable=import-outside-toplevel
+  config = interop.imported_config('zfnetb', 'x.pth')
+  assert set(zfnet.get_config()) <= set(config)
+  assert config.conv_features == interop.ZFNETB_FEATURES
+  assert training.model_spec(config, 1000) == interop.spec_for('zfnetb')
+
+
+def test_no_torch_at_import_time():
+  code = ('import sys; import zfjax.interop, zfjax.architecture; '
+          'assert "torch" not in sys.modules, "torch imported"')
+  subprocess.run([sys.executable, '-c', code], cwd=REPO, check=True)

@@ -1,0 +1,115 @@
+"""Golden reference outputs (zfjax.reference) and their independent PyTorch check.
+
+- A freshly generated small file passes tools/check_reference_torch.py (torch, numpy
+  and the standard library only), and a corrupted one fails it.
+- The checked-in tests/data/reference_small.npz equals what zfjax computes now: a guard
+  against silent numerical drift (a JAX or XLA upgrade, a refactor). If a change is meant
+  to alter the numbers, regenerate it with
+  `python -m zfjax.reference --small --out tests/data/reference_small.npz` and say why.
+- The metadata documents the layout of every array.
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from zfjax import architecture, reference
+
+pytest.importorskip('torch')
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+GOLDEN = ROOT / 'tests' / 'data' / 'reference_small.npz'
+CHECKER = ROOT / 'tools' / 'check_reference_torch.py'
+DRIFT_RTOL = 1e-5
+VERSION_FIELDS = ('zfjax_version', 'jax_version')
+
+
+def run_checker(path):
+  return subprocess.run([sys.executable, str(CHECKER), str(path)], cwd=ROOT,
+                        capture_output=True, text=True, check=False)
+
+
+@pytest.fixture(scope='module')
+def fresh_file(tmp_path_factory):
+  path = tmp_path_factory.mktemp('reference') / 'small.npz'
+  subprocess.run([sys.executable, '-m', 'zfjax.reference', '--small', '--out', str(path)],
+                 cwd=ROOT, check=True, capture_output=True, text=True)
+  return path
+
+
+@pytest.fixture(scope='module')
+def regenerated():
+  arrays = reference.generate(reference.SMALL, seed=0)
+  metadata = json.loads(str(arrays.pop('metadata')))
+  return arrays, metadata
+
+
+@pytest.fixture(scope='module')
+def golden():
+  return reference.load(GOLDEN)
+
+
+def test_fresh_file_passes_the_torch_check(fresh_file):
+  result = run_checker(fresh_file)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert 'PASS' in result.stdout.splitlines()[-1]
+  arrays, _ = reference.load(fresh_file)
+  assert all(name in result.stdout for name in arrays)  # one row per array
+
+
+def test_torch_check_fails_on_a_wrong_file(fresh_file, tmp_path):
+  arrays, metadata = reference.load(fresh_file)
+  projection = arrays['deconv/guided/conv5']
+  projection[0, 0, 10, 10, 0] += 1e-3 * np.abs(projection).max()
+  arrays['occlusion/top_class'][0, 0] += 1
+  arrays['metadata'] = np.asarray(json.dumps(metadata))
+  wrong = tmp_path / 'wrong.npz'
+  reference.save(arrays, wrong)
+  result = run_checker(wrong)
+  assert result.returncode == 1, result.stdout + result.stderr
+  failed = [line.split()[0] for line in result.stdout.splitlines() if 'FAIL' in line[-10:]]
+  assert failed == ['deconv/guided/conv5', 'occlusion/top_class']
+  assert result.stdout.splitlines()[-1].startswith('FAIL')
+
+
+def test_golden_file_matches_zfjax_now(golden, regenerated):
+  stored, stored_metadata = golden
+  fresh, fresh_metadata = regenerated
+  assert sorted(stored) == sorted(fresh)
+  for name, value in stored.items():
+    assert value.dtype == fresh[name].dtype and value.shape == fresh[name].shape, name
+    if np.issubdtype(value.dtype, np.integer) or name.startswith(('params/', 'images')):
+      np.testing.assert_array_equal(fresh[name], value, err_msg=name)
+    else:
+      error = np.abs(fresh[name].astype(np.float64) - value).max()
+      assert error <= DRIFT_RTOL * np.abs(value).max(), (name, error)
+  strip = lambda m: {k: v for k, v in m.items() if k not in VERSION_FIELDS}
+  assert strip(stored_metadata) == strip(fresh_metadata)
+
+
+def test_metadata_documents_the_layout(golden):
+  arrays, metadata = golden
+  assert metadata['format'] == reference.FORMAT
+  assert metadata['format_version'] == reference.FORMAT_VERSION
+  assert metadata['variant'] == 'small' and metadata['seed'] == 0
+  assert set(metadata['arrays']) == set(arrays) | {'metadata'}
+  for key in ('images', 'maps', 'conv_kernel', 'dense_kernel', 'flatten', 'conv', 'pool',
+              'norm', 'switch_ties', 'seed', 'deconvnet', 'guided', 'backprop', 'occlusion'):
+    assert metadata['layout'][key], key
+  assert 'HWIO' in metadata['layout']['conv_kernel']
+  assert 'HWC' in metadata['layout']['flatten']
+  assert 'first maximum in row-major order' in metadata['layout']['switch_ties']
+  assert metadata['rules'] == ['deconvnet', 'guided', 'backprop']
+  # The spec in the metadata is the model's, layer for layer.
+  assert metadata['spec'] == reference.spec_records(reference.SMALL.spec())
+  shapes = architecture.shapes(reference.SMALL.spec(), (64, 64, 3))
+  for name, shape in shapes.items():
+    assert arrays[f'activations/{name}'].shape == (1, *shape)
+  occlusion = metadata['occlusion']
+  assert arrays['occlusion/prob'].shape == tuple(occlusion['positions'])
+  assert (occlusion['patch'], occlusion['stride'], occlusion['fill']) == (16, 16, 0.0)
+  assert GOLDEN.stat().st_size < 600_000

@@ -1,0 +1,330 @@
+"""Golden reference outputs: one .npz that another framework can check itself against.
+
+    python -m zfjax.reference --out ref.npz            # full: ZFNet at 224x224, 18 MB
+    python -m zfjax.reference --small --out small.npz  # a few hundred KB (tests/data)
+    python tools/check_reference_torch.py ref.npz      # an independent PyTorch check
+
+The file holds, for a fixed seed: the parameters, the input images, every named layer's
+output, deconvnet / guided / backprop projections of the strongest activation of a few
+channels at the conv layers, and the three occlusion maps of the first image. Its
+'metadata' entry is a JSON string (a 0-d numpy string array) with the spec, the seed,
+the generators and the layout; docs/reference.md describes everything in prose.
+
+Weights are NOT the paper's normal(1e-2) init (with it the deep layers are nearly zero
+and the file would check little): kernels are He-normal, normal(0, sqrt(2 / fan_in)),
+biases uniform on [0, 0.1), all drawn in spec order (kernel, then bias, layer by layer)
+from `numpy.random.default_rng(seed)` and rounded to float16 precision (stored as
+float32: the rounding only lets the file compress). Images are uniform on [-100, 100)
+(the scale of mean-subtracted 0-255 pixels), one (N, H, W, 3) draw from
+`numpy.random.default_rng(seed + 1)`. Both are numpy only: any framework can redraw them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import zfjax
+from zfjax import architecture, deconv, models, occlusion
+from zfjax.architecture import Conv, Dense
+
+FORMAT = 'zfjax-reference'
+FORMAT_VERSION = 1
+BIAS_RANGE = (0.0, 0.1)
+IMAGE_RANGE = (-100.0, 100.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """What a reference file holds. FULL is ZFNet's conv part at 224x224 (the paper's
+  widths and geometry) with a narrow classifier, one image (about 18 MB; each further
+  image adds about 8 MB); SMALL keeps the layer sequence and every kernel, stride and
+  padding but narrow maps on 64x64 images, for the checked-in file."""
+  name: str
+  image_size: int
+  num_images: int
+  num_classes: int
+  conv_features: tuple[int, ...]
+  fc_features: tuple[int, ...]
+  channels: tuple[int, ...]       # projected channels, the same at every layer
+  projected: tuple[str, ...]      # conv layers whose projections are stored
+  patch: int                      # occluder side (pixels)
+  stride: int                     # occluder step (pixels)
+  fill: float = 0.0               # occluder value in input space (0: the mean pixel)
+
+  def spec(self) -> tuple:
+    return architecture.zfnet(self.num_classes, conv_features=self.conv_features,
+                              fc_features=self.fc_features)
+
+
+CONV_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
+FULL = Config('full', image_size=224, num_images=1, num_classes=10,
+              conv_features=(96, 256, 384, 384, 256), fc_features=(64, 64),
+              channels=(0, 5, 17), projected=CONV_LAYERS, patch=32, stride=32)
+SMALL = Config('small', image_size=64, num_images=1, num_classes=10,
+               conv_features=(16, 24, 24, 24, 16), fc_features=(16, 16),
+               channels=(0, 5), projected=('conv2', 'conv5'), patch=16, stride=16)
+
+RULES = deconv.RULES
+
+
+# ------------------------------------------------------------------------ generators
+
+
+def random_params(spec: tuple, image_size: int, seed: int) -> dict:
+  """zfjax-layout params as numpy float32: He-normal kernels (HWIO / (in, out)), biases
+  uniform on BIAS_RANGE, both rounded to float16 precision; one numpy Generator, layers
+  in spec order, kernel then bias."""
+  rng = np.random.default_rng(seed)
+  shapes = architecture.shapes(spec, (image_size, image_size, 3))
+  params, previous = {}, (image_size, image_size, 3)
+  for record in spec:
+    if isinstance(record, Conv):
+      shape = (record.kernel, record.kernel, previous[-1], record.features)
+    elif isinstance(record, Dense):
+      shape = (int(np.prod(previous)), record.features)
+    else:
+      previous = shapes[record.name]
+      continue
+    fan_in = int(np.prod(shape[:-1]))
+    kernel = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
+    bias = rng.uniform(*BIAS_RANGE, record.features)
+    params[record.name] = {'kernel': _half_precision(kernel), 'bias': _half_precision(bias)}
+    previous = shapes[record.name]
+  return params
+
+
+def _half_precision(x: np.ndarray) -> np.ndarray:
+  """float32 values exactly representable in float16: such arrays compress to about
+  60% (their low mantissa bits are zero), and parameters are most of the file."""
+  return x.astype(np.float16).astype(np.float32)
+
+
+def random_images(num_images: int, image_size: int, seed: int) -> np.ndarray:
+  """(N, H, W, 3) float32, uniform on IMAGE_RANGE, from numpy.random.default_rng(seed + 1)."""
+  rng = np.random.default_rng(seed + 1)
+  shape = (num_images, image_size, image_size, 3)
+  return rng.uniform(*IMAGE_RANGE, shape).astype(np.float32)
+
+
+# ------------------------------------------------------------------------- the arrays
+
+
+def generate(config: Config = FULL, seed: int = 0) -> dict[str, np.ndarray]:
+  """Every array of a reference file, 'metadata' included (see the module doc)."""
+  spec = config.spec()
+  params = random_params(spec, config.image_size, seed)
+  images = random_images(config.num_images, config.image_size, seed)
+  model = models.ConvNet(spec)
+  variables = {'params': jax.tree.map(jnp.asarray, params)}
+  x = jnp.asarray(images)
+  names = architecture.layer_names(spec)
+  out = {f'params/{layer}/{kind}': value
+         for layer, pair in params.items() for kind, value in pair.items()}
+  out['images'] = images
+
+  maps = models.activations(model, variables, x, names)
+  for name in names:
+    out[f'activations/{name}'] = np.asarray(maps[name])
+
+  channels = jnp.asarray(config.channels, jnp.int32)
+  out['deconv/channels'] = np.asarray(config.channels, np.int32)
+  for layer in config.projected:
+    units = deconv.strongest(maps[layer], channels)
+    shape = (config.num_images, len(config.channels))
+    out[f'deconv/seeds/{layer}/position'] = np.stack(
+        [np.asarray(units.y), np.asarray(units.x)], -1).reshape(*shape, 2).astype(np.int32)
+    out[f'deconv/seeds/{layer}/value'] = np.asarray(units.value).reshape(shape)
+    for rule in RULES:
+      out[f'deconv/{rule}/{layer}'] = np.asarray(
+          deconv.project(model, variables, x, layer, channels, rule=rule))
+
+  label = int(np.argmax(out[f'activations/{names[-1]}'][0]))
+  maps = occlusion.sensitivity(model, variables, x[0], label, patch=config.patch,
+                               stride=config.stride, fill=config.fill)
+  out['occlusion/label'] = np.asarray(label, np.int32)
+  out['occlusion/channel'] = np.asarray(maps.channel, np.int32)
+  out['occlusion/prob'] = np.asarray(maps.prob, np.float32)
+  out['occlusion/top_class'] = np.asarray(maps.top_class, np.int32)
+  out['occlusion/feature'] = np.asarray(maps.feature, np.float32)
+  out['metadata'] = np.asarray(json.dumps(metadata(config, seed), indent=1))
+  return out
+
+
+def spec_records(spec: tuple) -> list[dict]:
+  """The spec as JSON-ready dicts: {'type': 'Conv', 'name': 'conv1', 'features': ...}."""
+  return [{'type': type(record).__name__, **dataclasses.asdict(record)} for record in spec]
+
+
+def metadata(config: Config, seed: int) -> dict:
+  """The file's self-description (stored as JSON under 'metadata')."""
+  spec = config.spec()
+  last_conv = architecture.conv_names(spec)[-1]
+  shapes = architecture.shapes(spec, (config.image_size,) * 2 + (3,))
+  positions = occlusion.positions(config.image_size, config.patch, config.stride)
+  side = config.image_size
+  return {
+      'format': FORMAT,
+      'format_version': FORMAT_VERSION,
+      'zfjax_version': zfjax.__version__,
+      'jax_version': jax.__version__,
+      'variant': config.name,
+      'seed': seed,
+      'config': dataclasses.asdict(config),
+      'spec': spec_records(spec),
+      'notes': [
+          'Not a trained network and not the paper\'s init: random He-normal weights with '
+          'small positive biases so every layer is alive.',
+          f'The classifier is narrow (fc6/fc7 {list(config.fc_features)}, '
+          f'{config.num_classes} classes) to keep the file small; the conv part is '
+          f'ZFNet\'s geometry at {side}x{side} with conv widths '
+          f'{list(config.conv_features)}.',
+          'All arrays float32 unless listed as int32 under "arrays".',
+      ],
+      'generators': {
+          'bias_range': list(BIAS_RANGE), 'image_range': list(IMAGE_RANGE),
+          'image_seed': seed + 1, 'param_seed': seed,
+          'params': f'numpy.random.default_rng(seed); for each conv/dense layer in spec '
+                    f'order: kernel = standard_normal(shape) * sqrt(2 / fan_in) with fan_in '
+                    f'= prod(shape[:-1]), then bias = uniform({BIAS_RANGE[0]}, '
+                    f'{BIAS_RANGE[1]}, features); both computed in float64, then '
+                    f'rounded to float16 and stored as float32 '
+                    f'(x.astype(float16).astype(float32))',
+          'images': f'numpy.random.default_rng(seed + 1).uniform({IMAGE_RANGE[0]}, '
+                    f'{IMAGE_RANGE[1]}, (N, H, W, 3)), cast to float32',
+      },
+      'rules': list(RULES),
+      'channels': list(config.channels),
+      'projected_layers': list(config.projected),
+      'occlusion': {
+          'image': 0, 'patch': config.patch, 'stride': config.stride, 'fill': config.fill,
+          'positions': [positions, positions], 'feature_layer': last_conv,
+          'label': 'argmax of the unoccluded image\'s logits (first on ties)',
+      },
+      'layout': LAYOUT,
+      'arrays': array_docs(spec, config, shapes, positions),
+  }
+
+
+LAYOUT = {
+    'images': 'NHWC float32 in the model\'s input space (mean-subtracted pixel scale)',
+    'maps': 'NHWC (batch, row, column, channel)',
+    'conv_kernel': 'HWIO (rows, columns, in, out); y = x (*) w cross-correlation, + bias',
+    'dense_kernel': '(in, out); y = x @ kernel + bias',
+    'flatten': 'the last map (N, H, W, C) is flattened in HWC order (row-major over '
+               'H, W, C) into fc6; a CHW framework permutes fc6\'s rows',
+    'conv': 'symmetric zero padding `padding`, then ReLU (conv and hidden dense layer '
+            'names are post-ReLU outputs; the last dense layer is the logits)',
+    'pool': 'max pooling window x window, stride; ceil mode: windows start at 0 and the '
+            'last may overhang the end, the overhang padded with -inf; output size '
+            'ceil((n - window) / stride) + 1',
+    'norm': 'b_c = a_c / (k + alpha * sum_{c\'=c-size//2}^{c+(size-1)//2} a_c\'^2) ** '
+            'beta, zero outside the channel range (AlexNet\'s alpha: torch\'s '
+            'LocalResponseNorm alpha is alpha * size)',
+    'switch_ties': 'a pool\'s switch is its window\'s first maximum in row-major order',
+    'seed': 'for channel c of a conv layer: the largest value of its post-ReLU map in '
+            'the image (first in row-major order on ties); the seed map holds that value '
+            'there and zeros elsewhere',
+    'deconvnet': 'down from the seed: conv -> ReLU of the signal, then the transposed '
+                 'convolution (same kernel, flipped, in/out swapped; no bias; output size '
+                 'the conv\'s input size); pool -> unpool: each value to its switch, '
+                 'values sharing a cell add; norm -> passed through',
+    'guided': 'the gradient of the seeded map w.r.t. the image with each ReLU\'s '
+              'backward relu(g) * (pre-activation > 0); pools route to switches; norm '
+              'true gradient',
+    'backprop': 'the plain gradient (g * (pre-activation > 0)), norm true gradient',
+    'occlusion': 'position (i, j) sets rows i*stride .. i*stride+patch-1 and columns '
+                 'j*stride .. j*stride+patch-1 of the image (all 3 channels) to fill; '
+                 '(H - patch) // stride + 1 positions per axis',
+}
+
+
+def array_docs(spec, config, shapes, positions) -> dict[str, str]:
+  """Name -> shape and meaning of every array of the file."""
+  n, k, side = config.num_images, len(config.channels), config.image_size
+  docs = {'metadata': 'this JSON, a 0-d numpy string array',
+          'images': f'({n}, {side}, {side}, 3) input images'}
+  previous = (side, side, 3)
+  for record in spec:
+    if isinstance(record, Conv):
+      docs[f'params/{record.name}/kernel'] = (
+          f'({record.kernel}, {record.kernel}, {previous[-1]}, {record.features}) HWIO')
+    elif isinstance(record, Dense):
+      docs[f'params/{record.name}/kernel'] = (
+          f'({int(np.prod(previous))}, {record.features}) (in, out)')
+    if isinstance(record, (Conv, Dense)):
+      docs[f'params/{record.name}/bias'] = f'({record.features},)'
+    previous = shapes[record.name]
+    kind = ('logits' if isinstance(record, Dense) and not record.relu else
+            'post-ReLU' if isinstance(record, (Conv, Dense)) else type(record).__name__)
+    docs[f'activations/{record.name}'] = f'{(n, *shapes[record.name])} {kind} output'
+  docs['deconv/channels'] = f'({k},) int32: the projected channels, at every layer'
+  for layer in config.projected:
+    docs[f'deconv/seeds/{layer}/position'] = (
+        f'({n}, {k}, 2) int32: (row, column) of the seed of image n, channel k')
+    docs[f'deconv/seeds/{layer}/value'] = f'({n}, {k}): the seed\'s value'
+    for rule in RULES:
+      docs[f'deconv/{rule}/{layer}'] = (
+          f'({n}, {k}, {side}, {side}, 3): projection of image n\'s seed for channel k')
+  docs.update({
+      'occlusion/label': '() int32: the class whose probability is mapped',
+      'occlusion/channel': '() int32: the feature layer\'s map holding the unoccluded '
+                           'image\'s largest activation (argmax over channels of each '
+                           'channel\'s maximum; the lowest channel on ties)',
+      'occlusion/prob': f'({positions}, {positions}) softmax probability of the label',
+      'occlusion/top_class': f'({positions}, {positions}) int32 argmax of the logits',
+      'occlusion/feature': f'({positions}, {positions}) sum of the feature layer\'s map '
+                           '`channel` (post-ReLU)',
+  })
+  return docs
+
+
+# ------------------------------------------------------------------------- files
+
+
+def save(arrays: dict[str, np.ndarray], path) -> None:
+  """Write a compressed .npz (np.savez_compressed)."""
+  with open(path, 'wb') as f:
+    np.savez_compressed(f, **arrays)
+
+
+def load(path) -> tuple[dict[str, np.ndarray], dict]:
+  """(arrays without 'metadata', metadata dict); no pickles."""
+  with np.load(path, allow_pickle=False) as data:
+    arrays = {name: data[name] for name in data.files}
+  return arrays, json.loads(str(arrays.pop('metadata')))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog='python -m zfjax.reference', description=__doc__.split('\n')[0])
+  parser.add_argument('--out', required=True, help='the .npz to write')
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--images', type=int, default=None,
+                      help='number of images (default 1; each adds about 8 MB to the '
+                      'full file)')
+  parser.add_argument('--small', action='store_true',
+                      help='the small variant (64x64 images, narrow maps)')
+  args = parser.parse_args(argv)
+  config = SMALL if args.small else FULL
+  if args.images is not None:
+    if args.images < 1:
+      parser.error('--images must be at least 1')
+    config = dataclasses.replace(config, num_images=args.images)
+  arrays = generate(config, args.seed)
+  save(arrays, args.out)
+  size = os.path.getsize(args.out) / 1e6
+  print(f'wrote {args.out}: {len(arrays)} arrays, {size:.1f} MB', file=sys.stderr)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

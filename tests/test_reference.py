@@ -113,3 +113,17 @@ def test_metadata_documents_the_layout(golden):
   assert arrays['occlusion/prob'].shape == tuple(occlusion['positions'])
   assert (occlusion['patch'], occlusion['stride'], occlusion['fill']) == (16, 16, 0.0)
   assert GOLDEN.stat().st_size < 600_000
+
+
+def test_full_file_is_under_20_mb_and_passes_the_torch_check(tmp_path):
+  """The file other frameworks check against: full ZFNet conv geometry at 224x224."""
+  path = tmp_path / 'ref.npz'
+  subprocess.run([sys.executable, '-m', 'zfjax.reference', '--out', str(path)], cwd=ROOT,
+                 check=True, capture_output=True, text=True)
+  assert path.stat().st_size < 20 * 2**20
+  arrays, _ = reference.load(path)
+  assert arrays['activations/conv1'].shape[1:] == (110, 110, 96)
+  assert arrays['deconv/deconvnet/conv5'].shape[-3:] == (224, 224, 3)
+  result = run_checker(path)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert 'PASS' in result.stdout.splitlines()[-1]

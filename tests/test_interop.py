@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip('torch')
-pytorchcv_provider = pytest.importorskip('pytorchcv.model_provider')
+# The model module itself: pytorchcv.model_provider imports every model, torchvision too,
+# and PyPI's torchvision does not import beside the CPU torch the tests install.
+from pytorchcv.models import zfnet as pytorchcv_zfnet  # pylint: disable=wrong-import-position
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / 'tools'))
 import torch_zfnet as tz  # pylint: disable=wrong-import-position
@@ -98,7 +100,7 @@ def assert_same_state_dict(actual, expected):
 
 @pytest.fixture(scope='module')
 def zfnet():
-  return randomize(pytorchcv_provider.get_model('zfnet', pretrained=False), seed=1)
+  return randomize(pytorchcv_zfnet.zfnet(pretrained=False), seed=1)
 
 
 # ------------------------------------------------------------------------------ logits
@@ -120,7 +122,7 @@ def test_pytorchcv_zfnet_logits_and_round_trip(zfnet):
 
 
 def test_pytorchcv_zfnetb_logits_and_round_trip():
-  source = randomize(pytorchcv_provider.get_model('zfnetb', pretrained=False), seed=2)
+  source = randomize(pytorchcv_zfnet.zfnetb(pretrained=False), seed=2)
   x = images(1, seed=1)
   with torch.no_grad():
     reference = source(x).numpy()

@@ -332,7 +332,9 @@ def imported_config(arch: str, source: str = '',
   zfjax export's own config) or configs/zfnet.py's fields for ImageNet 2012, with the
   model fields of `arch`, and notes of where it came from (`imported_from`) and which
   input it expects (`input_transform`)."""
-  values = _tuples(dict(base)) if base is not None else _imagenet_fields()
+  from zfjax import checkpoints  # pylint: disable=import-outside-toplevel (orbax: lazily)
+  values = (checkpoints.config_from_dict(base).to_dict() if base is not None
+            else _imagenet_fields())
   if base is None:
     values.update(model_fields(arch), fc_features=(), remove_layers=(), dropout=0.5,
                   init='paper', dtype='float32')
@@ -343,15 +345,6 @@ def imported_config(arch: str, source: str = '',
   config = ml_collections.ConfigDict(values)
   config.lock()
   return config
-
-
-def _tuples(value):
-  """JSON lists as tuples, as in the config files."""
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  return value
 
 
 def _imagenet_fields() -> dict:

@@ -117,11 +117,14 @@ def test_k_larger_than_the_dataset_leaves_unfilled_entries(model, variables):
 def test_dict_batches_with_masks_skip_padding_rows(model, variables):
   images = dataset(7)
   # Padding rows full of huge values (they would win every channel) in the middle and at
-  # the end of batches; only the valid rows are numbered.
+  # the end of batches; only the valid rows are numbered. The planted tie (3 repeats 1)
+  # sits at the same batch position in both batches: XLA's CPU convolution may round the
+  # same image differently at another position, which would make it no tie at all.
   loud = np.full((SIZE, SIZE, 3), 500.0, np.float32)
   batches = []
-  for rows, mask in (((0, 1, None), (1, 1, 0)), ((2, None, 3), (1, 0, 1)),
-                     ((4, 5, 6), (1, 1, 1)), ((None, None, None), (0, 0, 0))):
+  for rows, mask in (((0, 1, None), (1, 1, 0)), ((2, 3, None), (1, 1, 0)),
+                     ((4, None, 5), (1, 0, 1)), ((6, None, None), (1, 0, 0)),
+                     ((None, None, None), (0, 0, 0))):
     batch = np.stack([loud if r is None else images[r] for r in rows])
     batches.append({'image': batch, 'label': np.zeros(3, np.int32),
                     'mask': np.array(mask, bool)})

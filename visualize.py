@@ -46,9 +46,12 @@ import os
 import pathlib
 import sys
 import time
+import urllib.parse
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
+
+from zfjax import preprocess  # NumPy and Pillow only: cheap to import
 
 COMMANDS = ('top9', 'evolution', 'invariance', 'filters', 'occlusion', 'correspondence')
 ORDER = {'top9': 0, 'evolution': 1, 'invariance': 2, 'filters': 3, 'occlusion': 4,
@@ -195,10 +198,7 @@ def load_mean(config, notes: list, unavailable: list) -> np.ndarray:
     return np.broadcast_to(np.asarray(IMAGENET_MEAN, np.float32), (size, size, 3)).copy()
 
 
-def center_crop(image: np.ndarray, size: int) -> np.ndarray:
-  top = (image.shape[0] - size) // 2
-  left = (image.shape[1] - size) // 2
-  return image[top:top + size, left:left + size]
+center_crop = preprocess.center_crop
 
 
 # ------------------------------------------------------------------------------ images
@@ -206,56 +206,17 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
 
 def read_image_file(path: str) -> tuple[np.ndarray, Optional[str]]:
   """An image file as (h, w, 3) uint8 RGB, and a note when it had to be converted:
-  grayscale is tiled to RGB, an alpha channel is dropped, other modes are converted."""
-  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'image file {path} does not exist')
-  try:
-    with Image.open(path) as image:
-      image.load()
-      mode = image.mode
-      if mode == 'P':  # a palette: its colours, with alpha if it has transparency
-        image = image.convert('RGBA' if 'transparency' in image.info else 'RGB')
-        mode = image.mode
-      if mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'):
-        gray = np.asarray(image, np.float64)
-        gray = gray / 257.0 if gray.max() > 255 else gray
-        array = np.clip(gray, 0, 255).astype(np.uint8)
-      else:
-        array = np.asarray(image if mode in ('RGB', 'RGBA', 'L', 'LA')
-                           else image.convert('RGB'))
-  except (UnidentifiedImageError, OSError, SyntaxError) as error:
-    raise UserError(f'{path} is not an image file that can be read ({error})') from None
-  note = None
-  if array.ndim == 2:
-    array = np.repeat(array[..., None], 3, axis=-1)
-    note = f'{path}: grayscale ({mode}), tiled to RGB'
-  elif mode == 'LA':
-    array = np.repeat(array[..., :1], 3, axis=-1)
-    note = f'{path}: grayscale with alpha (LA): alpha dropped, tiled to RGB'
-  elif array.shape[-1] == 4:
-    array = array[..., :3]
-    note = f'{path}: RGBA: alpha channel dropped'
-  elif mode != 'RGB':
-    note = f'{path}: {mode} converted to RGB'
-  if array.ndim != 3 or array.shape[-1] != 3:
-    raise UserError(f'{path}: cannot make an RGB image of shape {array.shape}')
-  return array.astype(np.uint8), note
+  grayscale is tiled to RGB, an alpha channel is dropped, other modes are converted
+  (zfjax.preprocess.read_image)."""
+  return preprocess.read_image(path, '--images')
 
 
 def to_model_input(rgb: np.ndarray, session: Session) -> np.ndarray:
   """(h, w, 3) 0-255 RGB -> (image_size, image_size, 3) in the model's input space, as the
   evaluation pipeline: shorter side to resize_size (bilinear, antialiased), center square,
-  minus the mean image, center crop."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  size = int(session.config.resize_size)
-  height, width = rgb.shape[:2]
-  scale = size / min(height, width)
-  new = (max(size, round(width * scale)), max(size, round(height * scale)))
-  resized = np.asarray(Image.fromarray(np.asarray(rgb, np.uint8)).resize(
-      new, Image.Resampling.BILINEAR), np.float32)
-  square = center_crop(resized, size) - session.mean_full
-  return center_crop(square, session.image_size).astype(np.float32)
+  minus the mean image, center crop (zfjax.preprocess.preprocess)."""
+  return preprocess.preprocess(rgb, session.mean_full, size=session.image_size,
+                               resize=int(session.config.resize_size))
 
 
 @dataclasses.dataclass
@@ -591,8 +552,12 @@ class Output:
 
 def write_index(directory: pathlib.Path, entries: Sequence[dict]) -> pathlib.Path:
   """index.html: every figure of the manifest whose PNG exists, with its caption, how it
-  was made, and a link to its numbers (when that file exists). Everything escaped."""
+  was made, and a link to its numbers (when that file exists). Every text is
+  HTML-escaped and every link percent-encoded (then escaped), so captions and file names
+  from a manifest cannot add markup; only plain file names inside `directory` are
+  linked."""
   esc = lambda text: html.escape(str(text), quote=True)
+  url = lambda name: esc(urllib.parse.quote(name))
   parts = ['<!DOCTYPE html>', '<html><head><meta charset="utf-8">',
            '<title>zfjax: Zeiler &amp; Fergus figures</title>',
            '<style>body{font-family:sans-serif;max-width:1100px;margin:auto}'
@@ -608,14 +573,14 @@ def write_index(directory: pathlib.Path, entries: Sequence[dict]) -> pathlib.Pat
     shown += 1
     parts.append('<figure>')
     parts.append(f'<h2>{esc(entry.get("title", png))}</h2>')
-    parts.append(f'<a href="{esc(png)}"><img src="{esc(png)}" alt="{esc(entry.get("title", png))}">'
-                 '</a>')
+    parts.append(f'<a href="{url(png)}"><img src="{url(png)}" '
+                 f'alt="{esc(entry.get("title", png))}"></a>')
     parts.append(f'<figcaption><p>{esc(entry.get("caption", ""))}</p>')
     parts.append(f'<p>{esc(entry.get("model", ""))}. Made with <code>'
                  f'{esc(entry.get("command", ""))}</code>.')
     numbers = str(entry.get('json', ''))
     if numbers and pathlib.Path(numbers).name == numbers and (directory / numbers).is_file():
-      parts.append(f' Numbers: <a href="{esc(numbers)}">{esc(numbers)}</a>.')
+      parts.append(f' Numbers: <a href="{url(numbers)}">{esc(numbers)}</a>.')
     parts.append('</p></figcaption></figure>')
   if not shown:
     parts.append('<p>No figures yet.</p>')

@@ -3,6 +3,7 @@
     manager = checkpoints.create_manager(workdir / 'checkpoints', keep=3, keep_steps=(...))
     checkpoints.save(manager, step, state, metrics={'top1_error': 0.3}, config=config)
     state = checkpoints.restore(manager, abstract_state)       # the latest complete one
+    step, state = checkpoints.restore_latest(manager, abstract_state)  # newest that restores
     manager.wait_until_finished(); manager.close()             # saves are asynchronous
 
     config, params = checkpoints.restore_params('/tmp/zf_digits')  # for the analyses
@@ -15,6 +16,17 @@ directory and renames it when complete, so a run killed mid-save leaves no step 
 
 A checkpoint directory `<workdir>/checkpoints/<step>` holds the whole `TrainState`
 (StandardSave) and, in its step metadata, the config that trained it.
+
+Damaged or foreign checkpoints: `restore` and `restore_params` first compare the arrays a
+checkpoint lists (its metadata) with the ones wanted (the abstract state, or the model
+that the checkpoint's config describes), then read them; anything wrong -- an array file
+deleted or truncated, unreadable metadata, another architecture's shapes -- raises
+`CheckpointError` (a ValueError) with one line naming the checkpoint directory and the
+problem. `restore_latest` (training's resume) tries the steps newest first: it skips a
+step that cannot be restored with a warning, renames it to `<step>.unrestorable` (kept for
+inspection, out of the way of a new save of that step) once an older one restores, and
+raises CheckpointError listing every step's problem when none does. Changed bytes that
+still decode (a flipped bit in an array's data) are not detected: Orbax keeps no checksums.
 """
 
 from __future__ import annotations
@@ -22,8 +34,10 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 from typing import Any, Optional, Sequence, Union
 
+from absl import logging
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -34,7 +48,13 @@ CHECKPOINTS = 'checkpoints'
 DEFAULT_ITEM = checkpoint_manager.DEFAULT_ITEM_NAME  # the subdirectory of a lone item
 BEST_METRIC = 'top1_error'
 
+UNRESTORABLE = '.unrestorable'  # the suffix of a step set aside by restore_latest
+
 PathLike = Union[str, os.PathLike]
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be restored: incomplete, damaged, or of another model."""
 
 
 def _best_metric(metrics: dict) -> float:
@@ -77,11 +97,59 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any,
   """The state saved at `step` (default: the latest complete checkpoint), laid out as
   `abstract_state` says: a pytree of jax.ShapeDtypeStruct with shardings, e.g.
   `jax.eval_shape` of the state's constructor with the target shardings attached. The
-  checkpoint may come from any number of devices or processes."""
+  checkpoint may come from any number of devices or processes. CheckpointError (one line
+  naming the step directory) when it lacks an array, holds others, has other shapes, or
+  cannot be read; the arrays are checked and read (`verify_arrays`) before Orbax restores
+  them."""
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f'no complete checkpoint in {manager.directory}')
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+  directory = pathlib.Path(manager.directory) / str(step)
+  stored = stored_arrays(directory)
+  check_fits(directory, stored, abstract_state)
+  verify_arrays(directory)
+  return _reading(directory, lambda: manager.restore(
+      step, args=ocp.args.StandardRestore(abstract_state)))
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple[int, Any]:
+  """(step, state) of the newest checkpoint that `restore` can restore into
+  `abstract_state`, trying the steps newest first; (0, None) when there are none. A step
+  that fails is skipped with a warning naming it and why, and once an older one restores
+  it is renamed `<step>.unrestorable` (by process 0) so that training can save that step
+  again. CheckpointError naming each step's problem when none restores."""
+  problems = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      state = restore(manager, abstract_state, step)
+    except CheckpointError as error:
+      logging.warning('skipping the checkpoint of step %d: %s', step, error)
+      problems.append((step, str(error)))
+      continue
+    if problems:
+      _set_aside(manager, [skipped for skipped, _ in problems])
+    return step, state
+  if problems:
+    raise CheckpointError(f'no checkpoint in {manager.directory} can be restored: ' +
+                          '; '.join(problem for _, problem in problems))
+  return 0, None
+
+
+def _set_aside(manager: ocp.CheckpointManager, steps: Sequence[int]) -> None:
+  """Renames the given step directories to `<step>.unrestorable`; the manager reloads."""
+  directory = pathlib.Path(manager.directory)
+  if jax.process_index() == 0:
+    for step in steps:
+      target = directory / f'{step}{UNRESTORABLE}'
+      suffix = 1
+      while target.exists():
+        target, suffix = directory / f'{step}{UNRESTORABLE}{suffix}', suffix + 1
+      (directory / str(step)).rename(target)
+      logging.warning('set aside the unrestorable checkpoint of step %d as %s', step, target)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices('zfjax checkpoints set aside')
+  manager.reload()
 
 
 def abstract(tree: Any, sharding: Optional[jax.sharding.Sharding] = None) -> Any:
@@ -91,6 +159,197 @@ def abstract(tree: Any, sharding: Optional[jax.sharding.Sharding] = None) -> Any
     return jax.ShapeDtypeStruct(x.shape, x.dtype,
                                 sharding=sharding or getattr(x, 'sharding', None))
   return jax.tree.map(leaf, tree)
+
+
+# ---------------------------------------------------------------------------- integrity
+
+
+def leaf_name(path: Sequence[Any]) -> str:
+  """'params/conv1/kernel': a pytree key path (dict keys, attributes, indices) as the
+  names Orbax stores arrays under, joined by '/'."""
+  parts = []
+  for key in path:
+    for attribute in ('key', 'name', 'idx'):
+      if hasattr(key, attribute):
+        parts.append(str(getattr(key, attribute)))
+        break
+    else:
+      parts.append(str(key))
+  return '/'.join(parts)
+
+
+def shapes_of(tree: Any) -> dict[str, tuple[int, ...]]:
+  """{leaf name: shape} of a pytree of arrays, ShapeDtypeStructs or Orbax metadata."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {leaf_name(path): tuple(getattr(leaf, 'shape', ())) for path, leaf in leaves}
+
+
+def stored_arrays(directory: PathLike) -> Any:
+  """The tree of array metadata (shape, dtype) that a checkpoint directory lists, without
+  reading any array; CheckpointError when it has none or it cannot be read."""
+  directory = pathlib.Path(directory)
+  item = directory / DEFAULT_ITEM
+  if not item.is_dir():
+    raise CheckpointError(f'checkpoint {directory} is incomplete: it has no {DEFAULT_ITEM}/ '
+                          'directory (its arrays)')
+  if not (item / '_METADATA').is_file():
+    raise CheckpointError(f'checkpoint {directory} is incomplete: it has no '
+                          f'{DEFAULT_ITEM}/_METADATA (its list of arrays)')
+  _check_store(directory, _read_json(item / '_METADATA', directory))
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    tree = handler.metadata(item).tree
+  except Exception as error:  # pylint: disable=broad-except  (whatever a damaged file raises)
+    raise CheckpointError(f'checkpoint {directory} is damaged: its array metadata cannot be '
+                          f'read ({_reason(error)})') from None
+  finally:
+    handler.close()
+  if not isinstance(tree, dict):
+    raise CheckpointError(f'checkpoint {directory} is damaged: its array metadata lists '
+                          f'{type(tree).__name__}, not a tree of arrays')
+  return tree
+
+
+def _ocdbt_names(layout: Any, prefix: str = '') -> Optional[list]:
+  """The Orbax names ('params.conv1.kernel') of the arrays that an OCDBT/zarr v2
+  checkpoint's _METADATA lists, those starting with `prefix`; None for another layout
+  (or a _METADATA this code does not know), which is then left to Orbax alone."""
+  if not (isinstance(layout, dict) and layout.get('use_ocdbt') and not layout.get('use_zarr3')
+          and isinstance(layout.get('tree_metadata'), dict)):
+    return None
+  names = []
+  for entry in layout['tree_metadata'].values():
+    try:
+      name = '.'.join(str(key['key']) for key in entry['key_metadata'])
+      value = entry['value_metadata']
+      is_array = (value.get('value_type') in ('jax.Array', 'np.ndarray')
+                  and not value.get('skip_deserialize'))
+    except (AttributeError, KeyError, TypeError):
+      return None
+    if is_array and name.startswith(prefix):
+      names.append(name)
+  return names
+
+
+def _ocdbt_spec(directory: pathlib.Path) -> dict:
+  return {'driver': 'ocdbt', 'base': {'driver': 'file', 'path': f'{directory / DEFAULT_ITEM}/'}}
+
+
+def _check_store(directory: pathlib.Path, layout: Any) -> None:
+  """CheckpointError unless the OCDBT store holds a readable zarr header for every array
+  that _METADATA lists, read one at a time: a failure inside Orbax's parallel reads would
+  leave the others failing in the background, printing tracebacks."""
+  import tensorstore as ts  # pylint: disable=import-outside-toplevel  (Orbax's own store)
+  names = _ocdbt_names(layout)
+  if names is None:
+    return
+  missing = []
+  try:
+    store = ts.KvStore.open(_ocdbt_spec(directory)).result()
+    for name in names:
+      header = store.read(f'{name}/.zarray').result()
+      if header.state != 'value':
+        missing.append(name)
+      else:
+        json.loads(bytes(header.value))
+  except Exception as error:  # pylint: disable=broad-except  (TensorStore's errors)
+    raise CheckpointError(f'checkpoint {directory} is damaged: its array store '
+                          f'({DEFAULT_ITEM}/manifest.ocdbt, {DEFAULT_ITEM}/d/) cannot be read '
+                          f'({_reason(error)})') from None
+  if missing:
+    lacks = (f'all {len(names)} arrays' if len(missing) == len(names) > 1
+             else _some([name.replace('.', '/') for name in missing]))
+    raise CheckpointError(f'checkpoint {directory} is damaged: its array store '
+                          f'({DEFAULT_ITEM}/manifest.ocdbt, {DEFAULT_ITEM}/d/) lacks {lacks}')
+
+
+def check_fits(directory: PathLike, stored: Any, wanted: Any,
+               what: str = 'the model') -> None:
+  """CheckpointError unless the stored tree (`stored_arrays`) has exactly the arrays of
+  `wanted` (arrays or ShapeDtypeStructs), of the same shapes; the message says what the
+  checkpoint does not fit (`what`) and names the first array that differs, e.g.
+  'params/conv1/kernel has shape (7, 7, 3, 96), the model expects (3, 3, 3, 32)'."""
+  have, want = shapes_of(stored), shapes_of(wanted)
+  missing = [name for name in want if name not in have]
+  extra = [name for name in have if name not in want]
+  problem = None
+  if missing:
+    problem = f'it has no {_some(missing)}'
+  elif extra:
+    problem = f'it holds {_some(extra)}, which the model lacks'
+  else:
+    for name, shape in want.items():
+      if have[name] != shape:
+        problem = f'{name} has shape {have[name]}, the model expects {shape}'
+        break
+  if problem:
+    raise CheckpointError(f'checkpoint {directory} does not fit {what}: {problem}')
+
+
+def verify_arrays(directory: PathLike, prefix: str = '') -> None:
+  """Reads, one at a time, every array of a checkpoint whose Orbax name
+  ('params.conv1.kernel') starts with `prefix`, straight from its OCDBT/zarr store, and
+  raises CheckpointError naming the first that cannot be read. Orbax's restore, on a
+  damaged array, leaves its other reads running in the background, where they fail later
+  and print tracebacks; reading first keeps a damaged checkpoint to one clean error.
+  Costs one decode of the arrays (their files are then in the page cache for the
+  restore) and memory for the largest. Checkpoints in another layout (not OCDBT with
+  zarr v2) are left to Orbax."""
+  import tensorstore as ts  # pylint: disable=import-outside-toplevel  (Orbax's own store)
+  directory = pathlib.Path(directory)
+  names = _ocdbt_names(_read_json(directory / DEFAULT_ITEM / '_METADATA', directory), prefix)
+  context = ts.Context()  # one OCDBT cache for all the arrays
+  failed = {}
+  for name in names or ():
+    spec = {'driver': 'zarr', 'kvstore': {**_ocdbt_spec(directory), 'path': f'{name}/'}}
+    try:
+      ts.open(spec, open=True, read=True, context=context).result().read().result()
+    except Exception as error:  # pylint: disable=broad-except  (TensorStore's errors)
+      failed[name] = error
+  if failed:
+    name, error = next(iter(failed.items()))
+    more = f' (and {len(failed) - 1} more arrays)' if len(failed) > 1 else ''
+    raise CheckpointError(f'checkpoint {directory} is damaged: {name.replace(".", "/")}'
+                          f'{more} cannot be read ({_reason(error)}); a file under '
+                          f'{DEFAULT_ITEM}/ was deleted, truncated or changed')
+
+
+def _some(names: Sequence[str], count: int = 3) -> str:
+  shown = ', '.join(names[:count])
+  return shown + (f' (and {len(names) - count} more)' if len(names) > count else '')
+
+
+def _reading(directory: pathlib.Path, read):
+  """read(), with any failure to read the arrays as a CheckpointError naming the array."""
+  try:
+    return read()
+  except Exception as error:  # pylint: disable=broad-except  (TensorStore raises Exception)
+    text = ' '.join(str(e) for e in _chain(error))
+    found = (re.search(r"'path': '([\w.\-]+)/'", text)
+             or re.search(r'Error reading "([\w.\-]+)/', text))
+    array = f'{found.group(1).replace(".", "/")} ' if found else 'its arrays '
+    raise CheckpointError(f'checkpoint {directory} is damaged: reading {array}failed '
+                          f'({_reason(error)}); a file under {DEFAULT_ITEM}/ was deleted, '
+                          'truncated or changed') from None
+
+
+def _chain(error: BaseException) -> list:
+  """An exception and those it was raised from, outermost first."""
+  chain = []
+  while error is not None and error not in chain:
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  return chain
+
+
+def _reason(error: BaseException) -> str:
+  """The innermost cause's first line, shortened: after its last ': ', at most 160
+  characters."""
+  inner = _chain(error)[-1]
+  lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
+  reason = lines[0].split(' [tensorstore_spec')[0] if lines else type(inner).__name__
+  reason = reason.rsplit('": ', 1)[-1]
+  return reason if len(reason) <= 160 else reason[:157] + '...'
 
 
 # ----------------------------------------------------------------------------- analyses
@@ -126,7 +385,13 @@ def find_checkpoint(path: PathLike, step: Union[int, str] = 'latest') -> pathlib
 
 
 def _is_step_directory(path: pathlib.Path) -> bool:
-  return (path / '_CHECKPOINT_METADATA').is_file()
+  """Whether `path` is one checkpoint; CheckpointError for one that lost its metadata."""
+  if (path / '_CHECKPOINT_METADATA').is_file():
+    return True
+  if (path / DEFAULT_ITEM).is_dir():
+    raise CheckpointError(f'checkpoint {path} is incomplete: it has no _CHECKPOINT_METADATA '
+                          'file')
+  return False
 
 
 def restore_params(path: PathLike, step: Union[int, str] = 'latest', *,
@@ -141,31 +406,81 @@ def restore_params(path: PathLike, step: Union[int, str] = 'latest', *,
   workdir's config.json), or None if neither exists. Rebuild the model with
   `zfjax.training.create_model(config, num_classes)`, or infer the class count from
   params['fc8']['bias'].
+
+  CheckpointError (one line naming the directory) when the checkpoint is damaged, has no
+  params, or its params do not fit the model its config describes.
   """
   directory = find_checkpoint(path, step)
   item = directory / DEFAULT_ITEM
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  checkpointer = ocp.PyTreeCheckpointer()
+  tree = stored_arrays(directory)
+  if not isinstance(tree.get('params'), dict):
+    raise CheckpointError(f'checkpoint {directory} has no params (it holds {sorted(tree)})')
+  config = _load_config(directory)
+  expected = _expected_params(config, tree['params'])
+  if expected is not None:
+    check_fits(directory, {'params': tree['params']}, {'params': expected},
+               f'the model of its config ({config.model})')
+  verify_arrays(directory, 'params.')
+  target = {'params': abstract(tree['params'], sharding)}
+  handler = ocp.PyTreeCheckpointHandler()
   try:
-    tree = checkpointer.metadata(item).item_metadata.tree
-    target = {'params': abstract(tree['params'], sharding)}
-    restored = checkpointer.restore(item, args=ocp.args.PyTreeRestore(
+    restored = _reading(directory, lambda: handler.restore(item, args=ocp.args.PyTreeRestore(
         target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=True))
+        partial_restore=True)))
   finally:
-    checkpointer.close()
-  return _load_config(directory), restored['params']
+    handler.close()
+  return config, restored['params']
+
+
+def _expected_params(config: Optional[ml_collections.ConfigDict],
+                     stored: dict) -> Optional[dict]:
+  """{layer: {'kernel', 'bias'} shapes} of the model `config` describes, with the class
+  count of the stored last layer; None when there is no config or it builds no model
+  here (then nothing is checked)."""
+  from zfjax import training  # pylint: disable=import-outside-toplevel
+  if config is None:
+    return None
+  try:
+    last = training.model_spec(config, 1)[-1].name
+    num_classes = int(shapes_of(stored).get(f'{last}/bias', (1,))[0])
+    spec = training.model_spec(config, num_classes)
+    size = int(config.image_size)
+    return param_shapes(spec, (size, size, 3))
+  except (AttributeError, KeyError, TypeError, ValueError, IndexError):
+    return None
+
+
+def param_shapes(spec, input_shape: Sequence[int]) -> dict:
+  """{layer: {'kernel', 'bias'}} as jax.ShapeDtypeStruct: the params of a spec's ConvNet
+  on inputs of `input_shape` (H, W, C), from jax.eval_shape of its init (nothing is
+  computed or compiled)."""
+  from zfjax import models  # pylint: disable=import-outside-toplevel
+  images = jax.ShapeDtypeStruct((1, *input_shape), 'float32')
+  return jax.eval_shape(models.ConvNet(spec).init, jax.random.key(0), images)['params']
 
 
 def _load_config(directory: pathlib.Path) -> Optional[ml_collections.ConfigDict]:
   """The config stored with a checkpoint, else the workdir's config.json, else None."""
   metadata_file = directory / '_CHECKPOINT_METADATA'
-  custom = json.loads(metadata_file.read_text()).get('custom_metadata') or {}
+  metadata = _read_json(metadata_file, directory)
+  custom = (metadata.get('custom_metadata') if isinstance(metadata, dict) else None) or {}
   config = custom.get('config')
   workdir_config = directory.parent.parent / 'config.json'
   if config is None and workdir_config.is_file():
-    config = json.loads(workdir_config.read_text())
+    config = _read_json(workdir_config, directory)
+  if config is not None and not isinstance(config, dict):
+    raise CheckpointError(f'checkpoint {directory}: its config is {type(config).__name__}, '
+                          'not a JSON object')
   return None if config is None else config_from_dict(config)
+
+
+def _read_json(path: pathlib.Path, directory: pathlib.Path) -> Any:
+  try:
+    return json.loads(path.read_text())
+  except (OSError, UnicodeDecodeError, ValueError) as error:
+    raise CheckpointError(f'checkpoint {directory} is damaged: {path.name} is not readable '
+                          f'JSON ({error})') from None
 
 
 def config_from_dict(values: dict) -> ml_collections.ConfigDict:

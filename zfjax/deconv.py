@@ -82,7 +82,7 @@ def project(model: models.ConvNet, variables, images: Array, layer: str, channel
     largest activation in image n (ties: first in row-major order). An all-zero channel
     projects to zeros.
   """
-  channels = _check(model, images, layer, channels, rule, method)
+  channels = _check(model, images, layer, channels, rule, method, chunk_size)
   if not channels.size:
     return jnp.zeros((images.shape[0], 0, *images.shape[1:]), images.dtype)
   return _project(model, variables, images, channels, layer=layer, rule=rule,
@@ -95,7 +95,7 @@ def project_units(model: models.ConvNet, variables, images: Array, layer: str,
   """Projections of explicit activations: unit m is (image[m], channel[m], y[m], x[m])
   of `layer`'s post-ReLU map, seeded with its own value. Returns (M, H, W, 3).
   This is how the top-9 search hands in its finds."""
-  channel = _check(model, images, layer, channel, rule, method)
+  channel = _check(model, images, layer, channel, rule, method, chunk_size)
   image, y, x = (jnp.asarray(a, jnp.int32).reshape(-1) for a in (image, y, x))
   if not image.shape == channel.shape == y.shape == x.shape:
     raise ValueError(f'image, channel, y and x must have one entry per unit; got shapes '
@@ -177,7 +177,10 @@ def transpose_conv(signal: Array, kernel: Array, record: Conv) -> Array:
 # ------------------------------------------------------------------------- validation
 
 
-def _check(model, images, layer, channels, rule, method) -> Array:
+def _check(model, images, layer, channels, rule, method, chunk_size=1) -> Array:
+  if (not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool)
+      or chunk_size < 1):
+    raise ValueError(f'chunk_size must be a positive int, got {chunk_size!r}')
   if rule not in RULES:
     raise ValueError(f'unknown rule {rule!r}; choose one of {RULES}')
   if method not in METHODS:

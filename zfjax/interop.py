@@ -7,6 +7,7 @@ r"""PyTorch state dicts in and out: published ZFNet/AlexNet weights as zfjax mod
     python -m zfjax.interop import zfnet.pth --arch zfnet --out /tmp/zfnet_torch
     python visualize.py occlusion --checkpoint /tmp/zfnet_torch --images dog.jpg
     python -m zfjax.interop export /tmp/zfnet/checkpoints --out /tmp/zfnet.pth
+    python -m zfjax.interop import zfnet.safetensors --arch zfnet --out /tmp/zfnet_st
 
 Layouts (`arch`), each a map from our layer names to the source's parameter names:
 
@@ -37,10 +38,17 @@ Checkpoints: `import` writes a workdir OUT holding OUT/checkpoints/0 (params onl
 {'step', 'params'}; restore_params and visualize.py read it, training cannot resume from
 it) and OUT/config.json, whose config rebuilds the model with training.create_model and
 notes the source in `imported_from` and `input_transform`. `export` writes the 'zfjax'
-layout with torch.save and the checkpoint's config beside it (FILE.json), which `import
---arch zfjax` reads back.
+layout with torch.save (safetensors for FILE.safetensors) and the checkpoint's config
+beside it (FILE.json), which `import --arch zfjax` reads back.
 
-torch is optional: it is imported only inside the functions that need it.
+Untrusted files: weights are read with `load_weights`, which never unpickles arbitrary
+objects: .pth files go through torch.load(weights_only=True) (a pickle naming anything but
+tensors and plain containers is refused with a ValueError naming the file, and nothing in
+it runs), and .safetensors files (chosen by suffix or by their header) hold raw arrays
+only. Export writes safetensors when --out ends in .safetensors.
+
+torch is optional: it is imported only inside the functions that need it (safetensors
+files are read and written without it).
 """
 
 from __future__ import annotations
@@ -357,7 +365,7 @@ def _imagenet_fields() -> dict:
       learning_rate=1e-2, momentum=0.9, weight_decay=5e-4, filter_rms_radius=0.1,
       lr_patience=1, lr_decay_factor=10.0, seed=0, log_every_steps=100,
       eval_every_steps=10_000, checkpoint_every_steps=2_000, keep_checkpoints=3,
-      keep_epochs=(), ten_crop_eval=True)
+      keep_epochs=(), ten_crop_eval=True, train_error_eval=True)
 
 
 # ------------------------------------------------------------------------ checkpoints
@@ -387,23 +395,106 @@ def write_checkpoint(out: str | pathlib.Path, params: Mapping,
   return out / checkpoints.CHECKPOINTS / '0'
 
 
-def load_pth(path: str | pathlib.Path) -> dict:
-  """A .pth state dict (torch.load with weights_only=True), unwrapped."""
-  import torch  # pylint: disable=import-outside-toplevel
+SAFETENSORS = '.safetensors'
+ACCEPTED = 'only state dicts of tensors (.pth) or .safetensors files are accepted'
+
+
+def is_safetensors(path: str | pathlib.Path) -> bool:
+  """Whether a weights file is in the safetensors format: its suffix is .safetensors, or
+  it starts as one does (an 8-byte little-endian header length, then a JSON object)."""
+  path = pathlib.Path(path)
+  if path.suffix == SAFETENSORS:
+    return True
+  with open(path, 'rb') as f:
+    head = f.read(9)
+  return (len(head) == 9 and head[8:9] == b'{'
+          and 0 < int.from_bytes(head[:8], 'little') < path.stat().st_size)
+
+
+def load_weights(path: str | pathlib.Path) -> dict:
+  """The state dict of a weights file, unwrapped: a .safetensors file (by suffix or
+  content), else a .pth read with torch.load(weights_only=True), which builds only
+  tensors, containers and plain values and never calls what a pickle names (so a file
+  that tries to run code is refused, and nothing in it runs). ValueError, naming the
+  file, for a file that is neither."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f'no file {path}')
-  return unwrap(torch.load(path, map_location='cpu', weights_only=True))
+  return load_safetensors(path) if is_safetensors(path) else load_pth(path)
+
+
+def load_pth(path: str | pathlib.Path) -> dict:
+  """A .pth state dict (torch.load with weights_only=True), unwrapped; ValueError naming
+  the file when it holds objects other than tensors or cannot be read."""
+  import pickle  # pylint: disable=import-outside-toplevel
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f'no file {path}')
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise ValueError(f'{path}: reading a .pth needs torch (pip install "zfjax[interop]"), '
+                     'or convert it to .safetensors') from None
+  try:
+    loaded = torch.load(path, map_location='cpu', weights_only=True)
+  except pickle.UnpicklingError as error:
+    raise ValueError(f'{path} holds objects other than tensors ({_refusal(error)}; nothing '
+                     f'in it was run): {ACCEPTED}') from None
+  except (RuntimeError, EOFError, OSError) as error:
+    raise ValueError(f'{path} is not a readable PyTorch file (truncated, or not written by '
+                     f'torch.save: {_first_line(error)}): {ACCEPTED}') from None
+  return unwrap(loaded)
+
+
+def load_safetensors(path: str | pathlib.Path) -> dict:
+  """A .safetensors file as {name: numpy array} (torch tensors for dtypes numpy lacks,
+  such as bfloat16), unwrapped; ValueError naming the file when it cannot be read."""
+  path = pathlib.Path(path)
+  try:
+    from safetensors import SafetensorError  # pylint: disable=import-outside-toplevel
+    from safetensors import numpy as safetensors_numpy  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise ValueError(f'{path}: reading .safetensors needs the safetensors package (pip '
+                     'install "zfjax[interop]")') from None
+  try:
+    try:
+      return unwrap(dict(safetensors_numpy.load_file(path)))
+    except TypeError as error:  # a dtype numpy does not know (bfloat16): read it with torch
+      try:
+        from safetensors import torch as torch_format  # pylint: disable=import-outside-toplevel
+        return unwrap(dict(torch_format.load_file(path)))
+      except ImportError:
+        raise ValueError(f'{path} holds tensors of a dtype numpy lacks ({error}); reading it '
+                         'needs torch (pip install torch)') from None
+  except SafetensorError as error:
+    raise ValueError(f'{path} is not a readable .safetensors file (truncated or '
+                     f'damaged: {_first_line(error)})') from None
+
+
+def _refusal(error: Exception) -> str:
+  """What torch's weights-only unpickler refused, in a few words."""
+  import re  # pylint: disable=import-outside-toplevel
+  found = re.search(r'GLOBAL (\S+)', str(error))
+  if found:
+    return f'it names {found.group(1)}, which only a full unpickler would call'
+  found = re.search(r'WeightsUnpickler error: \s*(.+)', str(error))
+  return found.group(1).strip() if found else _first_line(error)
+
+
+def _first_line(error: Exception) -> str:
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return lines[0] if lines else type(error).__name__
 
 
 def import_pth(source, arch: str, out, config_path=None,
                fold_normalization: bool = False) -> pathlib.Path:
-  """SOURCE.pth of `arch` -> a workdir `out` with an Orbax checkpoint (see module doc).
+  """SOURCE (.pth or .safetensors, see `load_weights`) of `arch` -> a workdir `out` with an
+  Orbax checkpoint (see module doc).
   For 'zfjax' the config comes from `config_path`, else SOURCE.json beside the file
   (written by export), else the paper's ZFNet is assumed."""
   from zfjax import checkpoints, training  # pylint: disable=import-outside-toplevel
   check_arch(arch)
-  state_dict = load_pth(source)
+  state_dict = load_weights(source)
   base, spec, input_shape = None, None, architecture.INPUT_SHAPE
   if arch == 'zfjax':
     config_path = pathlib.Path(config_path or pathlib.Path(source).with_suffix('.json'))
@@ -439,22 +530,41 @@ def _input_shape(config) -> tuple[int, int, int]:
 
 
 def export_checkpoint(checkpoint, out, step='latest') -> pathlib.Path:
-  """A checkpoint (workdir, checkpoints directory or step directory) -> FILE.pth in the
-  'zfjax' layout (torch.save) and its config as FILE.json."""
-  import torch  # pylint: disable=import-outside-toplevel
+  """A checkpoint (workdir, checkpoints directory or step directory) -> FILE in the
+  'zfjax' layout and its config as FILE.json: FILE.safetensors with safetensors (no torch
+  needed), any other name with torch.save."""
   from zfjax import checkpoints, training  # pylint: disable=import-outside-toplevel
   config, params = checkpoints.restore_params(checkpoint, step)
   if config is None:
     raise ValueError(f'checkpoint {checkpoint} carries no config: cannot tell its model')
   last = training.model_spec(config, 1)[-1].name
   spec = training.model_spec(config, int(np.shape(params[last]['bias'])[0]))
-  state_dict = to_torch(params, spec, 'zfjax', tensors=True,
-                        input_shape=_input_shape(config))
   out = pathlib.Path(out)
+  writer = _safetensors_writer(out) if out.suffix == SAFETENSORS else _torch_writer(out)
+  state_dict = to_torch(params, spec, 'zfjax', tensors=out.suffix != SAFETENSORS,
+                        input_shape=_input_shape(config))
   out.parent.mkdir(parents=True, exist_ok=True)
-  torch.save(state_dict, out)
+  writer(state_dict, out)
   out.with_suffix('.json').write_text(config.to_json(indent=2) + '\n')
   return out
+
+
+def _safetensors_writer(out: pathlib.Path):
+  try:
+    from safetensors import numpy as safetensors_numpy  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise ValueError(f'--out {out}: writing .safetensors needs the safetensors package (pip '
+                     'install "zfjax[interop]")') from None
+  return safetensors_numpy.save_file
+
+
+def _torch_writer(out: pathlib.Path):
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise ValueError(f'--out {out}: writing a .pth needs torch (pip install '
+                     '"zfjax[interop]"); or name the file .safetensors') from None
+  return torch.save
 
 
 # -------------------------------------------------------------------------------- CLI
@@ -464,17 +574,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog='python -m zfjax.interop', description=__doc__.split(
       '\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest='command', required=True)
-  imp = commands.add_parser('import', help='a PyTorch .pth -> an Orbax checkpoint workdir')
-  imp.add_argument('source', help='the .pth state dict')
+  imp = commands.add_parser('import', help='a PyTorch .pth or .safetensors -> an Orbax '
+                           'checkpoint workdir')
+  imp.add_argument('source', help='the .pth state dict (tensors only) or .safetensors file')
   imp.add_argument('--arch', required=True, choices=ARCHS)
   imp.add_argument('--out', required=True, help='a new (or empty) workdir')
   imp.add_argument('--config', default=None,
                    help='--arch zfjax: the exported config JSON (default SOURCE.json)')
   imp.add_argument('--fold-normalization', action='store_true',
                    help='scale conv1 for the paper\'s 0-255 mean-subtracted inputs')
-  exp = commands.add_parser('export', help='an Orbax checkpoint -> a .pth (zfjax layout)')
+  exp = commands.add_parser('export', help='an Orbax checkpoint -> a .pth or .safetensors '
+                           '(zfjax layout)')
   exp.add_argument('checkpoint', help='a workdir, checkpoints directory or step directory')
-  exp.add_argument('--out', required=True, help='FILE.pth (its config goes to FILE.json)')
+  exp.add_argument('--out', required=True, help='FILE.pth or FILE.safetensors (its config '
+                   'goes to FILE.json)')
   exp.add_argument('--step', default='latest', help="'latest', 'best' or a step number")
   return parser.parse_args(argv)
 

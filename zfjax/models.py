@@ -132,8 +132,12 @@ def check_images(x, spec: tuple) -> None:
     raise ValueError(f'expected a batch of NHWC images of rank 4, got shape '
                      f'{getattr(x, "shape", type(x).__name__)}; add a batch axis with x[None]')
   if x.shape[-1] != 3:
-    raise ValueError(f'expected 3 color channels last (NHWC), got shape {x.shape}')
-  architecture.shapes(spec, x.shape[1:])  # raises if a map would be empty
+    raise ValueError(f'expected images with 3 color channels last (NHWC), got shape '
+                     f'{x.shape}')
+  try:
+    architecture.shapes(spec, x.shape[1:])  # raises if a map would be empty
+  except ValueError as error:
+    raise ValueError(f'images of shape {tuple(x.shape)}: {error}') from None
 
 
 def _check_dense_input(module: nn.Module, name: str, x: Array, images_shape) -> None:

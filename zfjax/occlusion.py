@@ -32,6 +32,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from zfjax import architecture, deconv, models
@@ -51,6 +52,11 @@ class Sensitivity(NamedTuple):
   projection: Array    # (H, W, 3) deconvnet projection of that map's strongest activation
   unoccluded_prob: Array   # () probability of the label without occluder
   unoccluded_feature: Array  # () summed activity of the map without occluder
+
+
+def _is_int(value) -> bool:
+  """A Python or NumPy integer, not a bool."""
+  return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def positions(size: int, patch: int, stride: int) -> int:
@@ -85,13 +91,25 @@ def sensitivity(model: models.ConvNet, variables, image: Array, label: int,
   if field_threshold is not None and not (0 < field_threshold <= 1 and method == 'incremental'):
     raise ValueError(f'field_threshold must be in (0, 1] with the incremental method, got '
                      f'{field_threshold} with method {method!r}')
-  if patch < 1 or stride < 1:
-    raise ValueError(f'patch and stride must be positive, got patch={patch}, stride={stride}')
+  if not (_is_int(patch) and _is_int(stride) and patch >= 1 and stride >= 1):
+    raise ValueError(f'patch and stride must be positive ints, got patch={patch!r}, '
+                     f'stride={stride!r}')
+  if not _is_int(chunk_size) or chunk_size < 1:
+    raise ValueError(f'chunk_size must be a positive int, got {chunk_size!r}')
   if patch > min(image.shape[:2]):
     raise ValueError(f'patch {patch} is larger than the image {image.shape[:2]}')
   num_classes = architecture.shapes(model.spec, image.shape)[model.spec[-1].name][-1]
-  if not 0 <= int(label) < num_classes:
-    raise ValueError(f'label {label} out of range: the model has {num_classes} classes')
+  if not isinstance(label, jax.core.Tracer):
+    if not _is_int(label) and not (hasattr(label, 'dtype') and np.ndim(label) == 0
+                                   and jnp.issubdtype(label.dtype, jnp.integer)):
+      raise ValueError(f'label must be an integer class index, got {label!r}')
+    if not 0 <= int(label) < num_classes:
+      raise ValueError(f'label {label} out of range: the model has {num_classes} classes')
+  if not isinstance(fill, jax.core.Tracer):
+    if isinstance(fill, (str, bytes)) or fill is None or np.ndim(fill) != 0:
+      raise ValueError(f'fill must be a number (in the model\'s input space), got {fill!r}')
+    if not math.isfinite(float(fill)):
+      raise ValueError(f'fill must be finite, got {fill}')
   return _sensitivity(model, variables, image, jnp.int32(label), jnp.float32(fill),
                       patch=patch, stride=stride, layer=layer, method=method,
                       field_threshold=field_threshold, chunk_size=chunk_size)

@@ -1,0 +1,276 @@
+"""One picture -> the model's input, as the paper evaluates (and visualize.py reads files).
+
+    from zfjax import input_pipeline, preprocess
+    mean = input_pipeline.mean_image(config)                   # (256, 256, 3), 0-255
+    x = preprocess.preprocess('dog.jpg', mean)                 # (224, 224, 3) float32
+    batch = preprocess.preprocess_batch([x0, x1], mean, size=32, resize=36)  # (2, 32, 32, 3)
+
+The steps (Sec. 3 of the paper, and the input pipeline's evaluation): the picture as RGB
+on the 0-255 scale; its shorter side resized to `resize` (bilinear, antialiased when
+shrinking; computed in float32 per channel, so nothing is rounded to integers); the
+central `resize` x `resize` square; minus `mean`; the central `size` x `size` crop.
+
+What `image` may be:
+- a path (str or os.PathLike) to an image file that Pillow reads (PNG, JPEG, ...);
+- a PIL.Image.Image;
+- an array (numpy, jax, nested lists) of shape HxW or HxWx1 (grayscale: tiled to RGB),
+  HxWx3 (RGB) or HxWx4 (RGBA: the alpha channel is dropped, not composited), channels
+  last. Its scale follows its dtype: bool and float arrays whose largest value is at most
+  1.0 are read as 0-1 (and multiplied by 255); other float arrays, and integer arrays,
+  are read as 0-255 and must lie in [0, 255]. (A float picture on the 0-255 scale that is
+  black but for values <= 1 is therefore read as 0-1: pass it as uint8, or divide by 255
+  yourself.) NaN and infinite values are refused, and so are negative ones, which
+  usually mean an already preprocessed input.
+
+`mean`, on the 0-255 scale: None (the default) subtracts the crop's own mean pixel, so
+each channel of the result averages zero -- a stand-in when the training set's mean is
+unknown; the paper (and every zfjax model) subtracts the training set's mean image,
+`input_pipeline.mean_image(config)`, of shape (resize, resize, 3) (subtracted before the
+last crop) or (size, size, 3) (after it). A scalar or 3 channel means are subtracted
+from every pixel; 0 gives the plain 0-255 crop.
+
+Anything else raises ValueError naming the argument and what was wrong: 'image: ...',
+'mean: ...', 'size: ...', 'resize: ...', and 'images[i]: ...' from preprocess_batch.
+
+NumPy and Pillow only (no JAX, no TensorFlow): host-side code for a handful of pictures.
+The TFDS pipeline does the same steps in TensorFlow (input_pipeline.resize_and_center_crop);
+the two agree to within bilinear filters' differences.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+SIZE = 224    # the model's input (the paper's 224 x 224 crop)
+RESIZE = 256  # the shorter side before cropping (the paper's 256)
+
+# Pillow modes of integer data wider than 8 bits (16-bit PNGs, TIFFs): scaled to 0-255.
+_WIDE_MODES = ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F')
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+def read_image(path: Any, what: str = 'image') -> tuple[np.ndarray, Optional[str]]:
+  """An image file as (h, w, 3) uint8 RGB, and a note when it had to be converted
+  (grayscale tiled, alpha dropped, another mode converted; it names the file), else
+  None. ValueError starting with `what` (the argument's name) for a missing path, a
+  directory, a file Pillow cannot read, or one too large to decode safely (Pillow's
+  decompression-bomb limit)."""
+  from PIL import Image, UnidentifiedImageError  # pylint: disable=import-outside-toplevel
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise ValueError(f'{what}: {path} does not exist')
+  if not path.is_file():
+    raise ValueError(f'{what}: {path} is not a file')
+  try:
+    with Image.open(path) as image:
+      image.load()
+      return from_pil(image, str(path))
+  except Image.DecompressionBombError as error:
+    raise ValueError(f'{what}: {path} is too large to read safely ({error})') from None
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    raise ValueError(f'{what}: {path} is not an image file that can be read '
+                     f'({error})') from None
+
+
+def from_pil(image, what: str = 'image') -> tuple[np.ndarray, Optional[str]]:
+  """A PIL image as (h, w, 3) uint8 RGB, and a note saying how it was converted (or
+  None): palettes become their colours, 16-bit and float gray is scaled to 0-255,
+  grayscale is tiled to RGB, alpha is dropped, other modes (CMYK, YCbCr, ...) go
+  through Pillow's RGB conversion."""
+  mode = image.mode
+  if mode == 'P':  # a palette: its colours, with alpha if it has transparency
+    image = image.convert('RGBA' if 'transparency' in image.info else 'RGB')
+    mode = image.mode
+  if mode in _WIDE_MODES:
+    gray = np.asarray(image, np.float64)
+    gray = gray / 257.0 if gray.max() > 255 else gray
+    array = np.clip(gray, 0, 255).astype(np.uint8)
+  else:
+    array = np.asarray(image if mode in ('RGB', 'RGBA', 'L', 'LA') else image.convert('RGB'))
+  note = None
+  if array.ndim == 2:
+    array = np.repeat(array[..., None], 3, axis=-1)
+    note = f'{what}: grayscale ({mode}), tiled to RGB'
+  elif mode == 'LA':
+    array = np.repeat(array[..., :1], 3, axis=-1)
+    note = f'{what}: grayscale with alpha (LA): alpha dropped, tiled to RGB'
+  elif array.shape[-1] == 4:
+    array = array[..., :3]
+    note = f'{what}: RGBA: alpha channel dropped'
+  elif mode != 'RGB':
+    note = f'{what}: {mode} converted to RGB'
+  if array.ndim != 3 or array.shape[-1] != 3 or 0 in array.shape:
+    raise ValueError(f'{what}: cannot make an RGB image of shape {array.shape}')
+  return np.ascontiguousarray(array, np.uint8), note
+
+
+# ---------------------------------------------------------------------------- arrays
+
+
+def to_rgb255(image: Any, what: str = 'image') -> np.ndarray:
+  """(h, w, 3) float32 RGB on the 0-255 scale from any `image` kind the module doc lists
+  (paths, PIL images, arrays); ValueError starting with `what` otherwise."""
+  if isinstance(image, (str, os.PathLike)):
+    return read_image(image, what)[0].astype(np.float32)
+  if _is_pil(image):
+    return from_pil(image, what)[0].astype(np.float32)
+  if isinstance(image, (bytes, bytearray)):
+    raise ValueError(f'{what}: got {type(image).__name__}; pass a path, a PIL image or an '
+                     'array (decode bytes with PIL.Image.open(io.BytesIO(data)))')
+  try:
+    array = np.asarray(image)
+  except (TypeError, ValueError) as error:
+    raise ValueError(f'{what}: not an image array ({error})') from None
+  if array.dtype == object or not (np.issubdtype(array.dtype, np.number)
+                                   or array.dtype == bool):
+    raise ValueError(f'{what}: expected a path, a PIL image or a numeric array, got '
+                     f'{type(image).__name__} of dtype {array.dtype}')
+  if np.issubdtype(array.dtype, np.complexfloating):
+    raise ValueError(f'{what}: complex values ({array.dtype}) are not an image')
+  return _array_to_rgb255(array, what)
+
+
+def _is_pil(image: Any) -> bool:
+  return type(image).__module__.startswith('PIL.') and hasattr(image, 'mode')
+
+
+def _array_to_rgb255(array: np.ndarray, what: str) -> np.ndarray:
+  """Shape and scale checks of an array picture (see the module doc), then RGB 0-255."""
+  if array.ndim == 4:
+    raise ValueError(f'{what}: rank 4 (shape {array.shape}) is a batch, not one image; use '
+                     'preprocess_batch')
+  if array.ndim not in (2, 3):
+    raise ValueError(f'{what}: expected HxW or HxWxC (channels last), got shape '
+                     f'{array.shape}')
+  if array.ndim == 3 and array.shape[-1] not in (1, 3, 4):
+    raise ValueError(f'{what}: {array.shape[-1]} channels (shape {array.shape}); expected 1 '
+                     '(gray), 3 (RGB) or 4 (RGBA), channels last')
+  if 0 in array.shape:
+    raise ValueError(f'{what}: empty image (shape {array.shape})')
+  if array.ndim == 2:
+    array = array[..., None]
+  if array.shape[-1] == 4:
+    array = array[..., :3]  # alpha dropped
+  if array.shape[-1] == 1:
+    array = np.repeat(array, 3, axis=-1)
+  values = array.astype(np.float64)
+  if not np.isfinite(values).all():
+    raise ValueError(f'{what}: has NaN or infinite values')
+  low, high = float(values.min()), float(values.max())
+  if array.dtype == bool or (np.issubdtype(array.dtype, np.floating) and high <= 1.0):
+    values = values * 255.0  # 0-1
+  if low < 0 or values.max() > 255:
+    raise ValueError(f'{what}: values from {low:g} to {high:g} lie outside 0-255 (or 0-1 '
+                     'for floats); pass pixels, not an already preprocessed image')
+  return values.astype(np.float32)
+
+
+def resize_shorter(rgb: np.ndarray, resize: int) -> np.ndarray:
+  """(h, w, 3) float -> float32 with the shorter side `resize` and the other at least
+  `resize` (aspect kept, rounded): Pillow's bilinear filter per channel in float32
+  ('F' mode), which widens its support when shrinking (antialiased), as the pipeline's
+  tf.image.resize(antialias=True). Already the right size: returned as float32."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  height, width = rgb.shape[:2]
+  scale = resize / min(height, width)
+  new = (max(resize, round(width * scale)), max(resize, round(height * scale)))  # (w, h)
+  rgb = np.asarray(rgb, np.float32)
+  if new == (width, height):
+    return rgb
+  channels = [np.asarray(Image.fromarray(np.ascontiguousarray(rgb[..., c]), mode='F')
+                         .resize(new, Image.Resampling.BILINEAR), np.float32)
+              for c in range(rgb.shape[-1])]
+  return np.stack(channels, axis=-1)
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+  """The central size x size window of an (H, W, ...) array (top-left of center when the
+  margin is odd, as input_pipeline.crop_offsets)."""
+  top = (image.shape[0] - size) // 2
+  left = (image.shape[1] - size) // 2
+  return image[top:top + size, left:left + size]
+
+
+# ------------------------------------------------------------------------- preprocess
+
+
+def check_sizes(size: Any, resize: Any) -> tuple[int, int]:
+  """(size, resize) as ints; ValueError naming the argument unless 1 <= size <= resize."""
+  for name, value in (('size', size), ('resize', resize)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+      raise ValueError(f'{name}: expected a positive int, got {value!r}')
+  if size > resize:
+    raise ValueError(f'size: the crop ({size}) must not exceed resize ({resize})')
+  return int(size), int(resize)
+
+
+def check_mean(mean: Any, size: int, resize: int) -> Optional[np.ndarray]:
+  """`mean` as a float32 array of shape (), (3,), (resize, resize, 3) or (size, size, 3)
+  (None stays None); ValueError naming `mean` otherwise."""
+  if mean is None:
+    return None
+  try:
+    array = np.asarray(mean, np.float32)
+  except (TypeError, ValueError) as error:
+    raise ValueError(f'mean: not a number or an array of numbers ({error})') from None
+  shapes = ((), (3,), (resize, resize, 3), (size, size, 3))
+  if array.shape not in shapes:
+    raise ValueError(f'mean: expected a scalar, 3 channel means, or a mean image of shape '
+                     f'{(resize, resize, 3)} or {(size, size, 3)}; got shape {array.shape}')
+  if not np.isfinite(array).all():
+    raise ValueError('mean: has NaN or infinite values')
+  return array
+
+
+def preprocess(image: Any, mean: Any = None, *, size: int = SIZE,
+               resize: int = RESIZE) -> np.ndarray:
+  """(size, size, 3) float32 in the model's input space from one picture: RGB 0-255,
+  shorter side to `resize`, central `resize` square, minus `mean`, central `size` crop.
+  See the module doc for the kinds of `image` and `mean` and the errors."""
+  size, resize = check_sizes(size, resize)
+  mean = check_mean(mean, size, resize)
+  square = center_crop(resize_shorter(to_rgb255(image), resize), resize)
+  if mean is not None and mean.shape == (resize, resize, 3):
+    square = square - mean
+  crop = center_crop(square, size)
+  if mean is None:
+    crop = crop - crop.mean(axis=(0, 1), dtype=np.float64).astype(np.float32)
+  elif mean.shape != (resize, resize, 3):
+    crop = crop - mean
+  return np.ascontiguousarray(crop, np.float32)
+
+
+def preprocess_batch(images: Sequence[Any], mean: Any = None, *, size: int = SIZE,
+                     resize: int = RESIZE) -> np.ndarray:
+  """(N, size, size, 3) float32: `preprocess` of each picture (any mix of the kinds it
+  takes; an (N, H, W, C) array is N pictures). ValueError 'images[i]: ...' naming the
+  picture that fails, or 'images: ...' for an empty or non-sequence argument."""
+  size, resize = check_sizes(size, resize)
+  mean = check_mean(mean, size, resize)
+  if isinstance(images, (str, os.PathLike, bytes)) or _is_pil(images):
+    raise ValueError('images: expected a sequence of pictures (for one, use preprocess)')
+  if isinstance(images, np.ndarray) and images.ndim != 4:
+    raise ValueError(f'images: expected (N, H, W, C) or a sequence of pictures, got an '
+                     f'array of shape {images.shape} (for one picture, use preprocess)')
+  try:
+    pictures = list(images)
+  except TypeError:
+    raise ValueError(f'images: expected a sequence of pictures, got '
+                     f'{type(images).__name__}') from None
+  if not pictures:
+    raise ValueError('images: no pictures')
+  out = []
+  for i, picture in enumerate(pictures):
+    try:
+      out.append(preprocess(picture, mean, size=size, resize=resize))
+    except ValueError as error:
+      message = str(error)
+      message = message[len('image: '):] if message.startswith('image: ') else message
+      raise ValueError(f'images[{i}]: {message}') from None
+  return np.stack(out)

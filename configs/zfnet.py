@@ -62,6 +62,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3        # latest N; the best by validation error is kept too
   config.keep_epochs = FIG4_EPOCHS   # and these epochs' checkpoints
   config.ten_crop_eval = True        # final evaluation also with the paper's 10 crops
+  config.train_error_eval = True     # final evaluation also on the training split (center
+                                     # crop; Table 3's train top-1): one more pass over it
 
   if arg == 'smoke':
     config.update(model='small_zfnet', image_size=32, resize_size=36, batch_size=8,

@@ -77,6 +77,9 @@ def test_writes_metrics_results_config_events_and_checkpoints(reference):
   results = json.loads((reference / 'results.json').read_text())
   assert results['step'] == 12 and 0 <= results['top1_error'] <= 1
   assert results['top1_error'] == pytest.approx(evals[-1]['eval_top1_error'])
+  # Table 3's train column: center-crop errors on the whole training split.
+  assert 0 <= results['train_top5_error'] <= results['train_top1_error'] <= 1
+  assert results['train_count'] == 1437  # the whole digits training split
   config = json.loads((reference / 'config.json').read_text())
   assert config['num_train_steps'] == 12 and config['model'] == 'small_zfnet'
   assert list(reference.glob('events.out.tfevents.*'))

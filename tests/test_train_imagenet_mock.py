@@ -19,7 +19,7 @@ def test_zfnet_smoke_config_trains_on_mock_imagenet(tmp_path):
   with tfds.testing.mock_data(num_examples=24):
     results = training.train_and_evaluate(config, tmp_path / 'work')
   assert results['step'] == 3
-  for key in ('top1_error', 'top5_error', 'ten_crop_top1_error'):
+  for key in ('top1_error', 'top5_error', 'ten_crop_top1_error', 'train_top1_error'):
     assert 0.0 <= results[key] <= 1.0
   assert json.loads((tmp_path / 'work' / 'results.json').read_text())['step'] == 3
   assert list((tmp_path / 'data' / 'zfjax_mean_images').glob('*.npy'))

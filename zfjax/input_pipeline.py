@@ -210,6 +210,27 @@ class ArraySplits(NamedTuple):
   test_index: np.ndarray
 
 
+def digits_pool(classes: tuple = (), size: int = 36) -> tuple[np.ndarray, np.ndarray]:
+  """All of scikit-learn's digits (those in `classes`, labelled 0..len(classes)-1 in the
+  order given; () = all ten) as (N, size, size, 3) float32 RGB on the 0-255 scale, before
+  any mean subtraction, and int32 labels, in sklearn's order. 0..16 -> 0..255, bilinear
+  upsampling 8 -> size, gray tiled to RGB."""
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  digits = datasets.load_digits()
+  images, labels = digits.images, digits.target
+  if classes:
+    unknown = sorted(set(classes) - set(range(10)))
+    if unknown or len(set(classes)) != len(classes):
+      raise ValueError(f'digits classes must be distinct digits 0-9, got {tuple(classes)}')
+    keep = np.isin(labels, classes)
+    images, labels = images[keep], labels[keep]
+    relabel = np.zeros(10, dtype=np.int64)
+    relabel[list(classes)] = np.arange(len(classes))
+    labels = relabel[labels]
+  gray = resize_bilinear(images * (255.0 / 16.0), size)
+  return np.repeat(gray[..., None], 3, axis=-1).astype(np.float32), labels.astype(np.int32)
+
+
 @functools.lru_cache(maxsize=8)
 def load_digits(split_seed: int = 0, test_fraction: float = 0.2, size: int = 36,
                 classes: tuple = ()) -> ArraySplits:
@@ -219,22 +240,13 @@ def load_digits(split_seed: int = 0, test_fraction: float = 0.2, size: int = 36,
   per-pixel mean image subtracted. The split is stratified by label and fixed by
   `split_seed`; each split is in increasing order of the original index. `classes`
   keeps only those digits, labelled 0..len(classes)-1 in the order given."""
-  from sklearn import datasets, model_selection  # pylint: disable=g-import-not-at-top
-  digits = datasets.load_digits()
-  images, labels = digits.images, digits.target
-  if classes:
-    keep = np.isin(labels, classes)
-    images, labels = images[keep], labels[keep]
-    relabel = np.zeros(10, dtype=np.int64)
-    relabel[list(classes)] = np.arange(len(classes))
-    labels = relabel[labels]
+  from sklearn import model_selection  # pylint: disable=g-import-not-at-top
+  rgb, labels = digits_pool(classes, size)
   num_classes = len(classes) if classes else 10
   index = np.arange(len(labels))
   train, test = model_selection.train_test_split(
       index, test_size=test_fraction, random_state=split_seed, stratify=labels)
   train, test = np.sort(train), np.sort(test)
-  gray = resize_bilinear(images * (255.0 / 16.0), size)
-  rgb = np.repeat(gray[..., None], 3, axis=-1).astype(np.float32)
   mean = rgb[train].mean(axis=0, dtype=np.float64).astype(np.float32)
   splits = ArraySplits(rgb[train] - mean, labels[train].astype(np.int32),
                        rgb[test] - mean, labels[test].astype(np.int32), mean, num_classes,

@@ -522,7 +522,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
                                        keep_steps=kept_epoch_steps)
   start_step = manager.latest_step() or 0
   if start_step:
-    state = checkpoints.restore(manager, abstract_state, start_step)
+    start_step, state = checkpoints.restore_latest(manager, abstract_state)
     if main:
       logging.info('resumed from the checkpoint of step %d', start_step)
   else:
@@ -585,7 +585,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
     manager.close()
     writer.close()
 
-  # Final evaluation: the last step's center-crop errors, and ten crops if asked.
+  # Final evaluation: the last step's center-crop errors, ten crops if asked, and the
+  # center-crop errors on the training split if asked (Table 3's train top-1).
   center = last_eval[1] if last_eval and last_eval[0] == num_steps else run_eval(state)
   results = {'step': int(num_steps), 'top1_error': center['top1_error'],
              'top5_error': center['top5_error'], 'loss': center['loss'],
@@ -593,6 +594,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
   if config.ten_crop_eval:
     ten = run_eval(state, 'ten')
     results.update(ten_crop_top1_error=ten['top1_error'], ten_crop_top5_error=ten['top5_error'])
+  if config.train_error_eval:
+    train_batches = input_pipeline.eval_batches(config, split=config.train_split)
+    train = evaluate(center_eval, [state.params], train_batches, mesh)
+    results.update(train_top1_error=train['top1_error'], train_top5_error=train['top5_error'],
+                   train_count=train['count'])
   if main:
     (workdir / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
     logging.info('final evaluation: %s', json.dumps(results))

@@ -27,6 +27,8 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
                                    'host:port of process 0, for multi-host runs.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Index of this process.')
+_COORDINATOR_TIMEOUT = flags.DEFINE_integer(
+    'coordinator_timeout', 300, 'Seconds to wait for the coordinator and all processes.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -64,11 +66,18 @@ def main(argv):
     cli.fail(' '.join(line.strip() for line in str(e).splitlines() if line.strip()))
   # pylint: disable-next=g-import-not-at-top
   from zfjax import checkpoints, input_pipeline, parallel, training
-  parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  try:
+    parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                        timeout_s=_COORDINATOR_TIMEOUT.value)
+  except parallel.CoordinatorUnreachableError as e:
+    cli.fail(str(e))
   try:
     training.train_and_evaluate(config, _WORKDIR.value)
+  except training.Preempted as e:  # a checkpoint of this step is saved: exit 0
+    logging.info('%s', e)
   except (training.ConfigError, input_pipeline.DatasetUnavailableError,
-          training.NonFiniteLossError, checkpoints.CheckpointError) as e:
+          training.NonFiniteLossError, training.WorkdirBusyError,
+          checkpoints.CheckpointError) as e:
     cli.fail(str(e))
 
 

@@ -118,10 +118,52 @@ def test_sigkill_then_restart_reproduces_the_uninterrupted_run(reference, tmp_pa
       (reference / 'results.json').read_text())
 
 
+def test_sigterm_saves_the_current_step_exits_0_and_resumes_exactly(reference, tmp_path):
+  workdir = tmp_path / 'preempted'
+  run = subprocess.Popen(command(workdir, *RUN), cwd=REPO, env=environment(), text=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  seen = []
+  for line in run.stderr:  # the trainer logs this line once its SIGTERM handler is set
+    seen.append(line)
+    if 'small_zfnet on digits' in line:
+      break
+  run.send_signal(signal.SIGTERM)
+  _, rest = run.communicate(timeout=240)
+  assert run.returncode == 0, ''.join(seen) + rest[-3000:]
+  assert 'stopped by SIGTERM at step' in rest
+  step = int(re.search(r'SIGTERM at step (\d+)', rest).group(1))
+  assert step < 12 and (workdir / 'checkpoints' / str(step)).is_dir()
+  assert not (workdir / 'results.json').exists()
+  train(workdir, *RUN)
+  assert losses(workdir) == losses(reference)
+  assert_params_close(workdir, reference)
+
+
+def test_a_second_run_on_a_busy_workdir_refuses(tmp_path):
+  from zfjax import training
+  with training.workdir_lock(tmp_path):
+    proc = train(tmp_path, *RUN, check=False)
+  assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+  assert f'workdir {tmp_path} is in use by another run (pid {os.getpid()}' in proc.stderr
+  assert not (tmp_path / 'checkpoints').exists()
+  with training.workdir_lock(tmp_path):  # released by the run that held it
+    pass
+
+
 def _free_port():
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     return s.getsockname()[1]
+
+
+def test_an_unreachable_coordinator_fails_in_bounded_time_naming_it(tmp_path):
+  address = f'127.0.0.1:{_free_port()}'  # nothing listens there
+  started = time.time()
+  proc = train(tmp_path, *RUN, f'--coordinator_address={address}', '--num_processes=2',
+               '--process_id=1', '--coordinator_timeout=5', check=False)
+  assert time.time() - started < 120
+  assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+  assert f'could not join the coordinator at {address} within 5 s' in proc.stderr
 
 
 def test_two_processes_agree_with_one(reference, tmp_path):

@@ -14,6 +14,8 @@ B_local * process_count rows, and `global_batch` joins them with
 from __future__ import annotations
 
 import os
+import socket
+import time
 from typing import Any, Optional
 
 import jax
@@ -28,23 +30,66 @@ _CLUSTER_VARIABLES = ('JAX_COORDINATOR_ADDRESS', 'TPU_WORKER_HOSTNAMES',
                       'MEGASCALE_COORDINATOR_ADDRESS', 'OMPI_MCA_orte_hnp_uri')
 
 
+class CoordinatorUnreachableError(RuntimeError):
+  """A multi-process run could not join its coordinator within the timeout."""
+
+
 def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-               process_id: Optional[int] = None) -> bool:
+               process_id: Optional[int] = None, timeout_s: int = 300) -> bool:
   """Joins this process to a multi-process JAX run; returns whether it did.
 
   With any argument given, calls `jax.distributed.initialize` with them (the rest are
   auto-detected). With none, initializes only where a cluster manager has set up a
   multi-process job that JAX detects itself (SLURM with more than one task, Cloud TPU
   pods, Open MPI, JAX_COORDINATOR_ADDRESS); a single host does nothing. Call it before
-  anything else touches JAX devices.
+  anything else touches JAX devices. A coordinator that does not answer (or processes
+  that do not all join) within `timeout_s` seconds raises CoordinatorUnreachableError
+  naming the address.
   """
   if coordinator_address or num_processes or process_id is not None:
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    _join(timeout_s, coordinator_address, num_processes, process_id)
     return True
   if _in_multiprocess_cluster():
-    jax.distributed.initialize()
+    _join(timeout_s)
     return True
   return False
+
+
+def wait_for_coordinator(address: str, timeout_s: float) -> None:
+  """Returns once a TCP connection to `address` (host:port) succeeds; raises
+  CoordinatorUnreachableError after `timeout_s` seconds of refusals. (Past its deadline
+  jax.distributed.initialize aborts the process from C++, with no Python error to catch:
+  a process that is not the coordinator checks first.)"""
+  host, _, port = address.rpartition(':')
+  deadline = time.monotonic() + timeout_s
+  while True:
+    try:
+      with socket.create_connection((host.strip('[]'), int(port)), timeout=2):
+        return
+    except (OSError, ValueError) as error:
+      if time.monotonic() >= deadline or isinstance(error, ValueError):
+        raise CoordinatorUnreachableError(
+            f'could not join the coordinator at {address} within {timeout_s:g} s '
+            f'({error}); check that process 0 runs and that the address and port are '
+            'reachable from here') from None
+      time.sleep(0.5)
+
+
+def _join(timeout_s: int, *args) -> None:
+  address, _, process_id = (list(args) + [None] * 3)[:3]
+  if address and process_id:  # not the coordinator itself: it must be listening
+    wait_for_coordinator(address, timeout_s)
+  try:
+    jax.distributed.initialize(*args, initialization_timeout=int(timeout_s))
+  except Exception as error:  # pylint: disable=broad-except  (XLA raises its own types)
+    address = (args[0] if args and args[0] else
+               os.environ.get('JAX_COORDINATOR_ADDRESS', 'the auto-detected coordinator'))
+    detail = next((line.strip() for line in str(error).splitlines() if line.strip()),
+                  type(error).__name__)
+    raise CoordinatorUnreachableError(
+        f'could not join the coordinator at {address} within {timeout_s} s ({detail[:200]}); '
+        'check that process 0 runs and that the address and port are reachable from here'
+    ) from None
 
 
 def _in_multiprocess_cluster() -> bool:

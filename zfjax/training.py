@@ -27,11 +27,15 @@ batch), so a step is the same computation on any number of devices or processes.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
 import pathlib
+import signal
 import socket
+import threading
 import time
 from typing import Any, Callable, Iterable, Sequence
 
@@ -67,6 +71,20 @@ class ConfigError(ValueError):
 
 class NonFiniteLossError(FloatingPointError):
   """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class WorkdirBusyError(RuntimeError):
+  """Another run holds the workdir's lock: two runs would interleave checkpoints."""
+
+
+class Preempted(Exception):
+  """SIGTERM (a preemption notice on TPU and SLURM, or `kill`) stopped training after a
+  checkpoint of `step` was saved and finished; the same command resumes from it."""
+
+  def __init__(self, step: int, directory):
+    super().__init__(f'stopped by SIGTERM at step {step}: its checkpoint is saved in '
+                     f'{directory}; run the same command to resume')
+    self.step = step
 
 
 @flax.struct.dataclass
@@ -473,6 +491,69 @@ class Progress:
     self.mark = (first, start + time.perf_counter() - self.paused_at)
 
 
+# ----------------------------------------------------------------------------- faults
+
+
+LOCK_FILE = '.lock'
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: pathlib.Path, enabled: bool = True):
+  """Holds an exclusive lock on workdir/.lock while training (process 0 only, so the
+  processes of one multi-host run do not lock each other out). A second run on the same
+  workdir fails at once with WorkdirBusyError instead of interleaving checkpoints. The
+  lock is the kernel's (flock): it goes with the process, even on SIGKILL."""
+  if not enabled:
+    yield
+    return
+  path = workdir / LOCK_FILE
+  with open(path, 'a+') as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      f.seek(0)
+      holder = f.read().strip() or 'another process'
+      raise WorkdirBusyError(f'workdir {workdir} is in use by another run ({holder}); wait '
+                             'for it to finish, stop it, or use another --workdir') from None
+    f.seek(0)
+    f.truncate()
+    f.write(f'pid {os.getpid()} on {socket.gethostname()}, since '
+            f'{time.strftime("%Y-%m-%d %H:%M:%S")}\n')
+    f.flush()
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class StopSignal:
+  """Remembers a SIGTERM instead of dying of it, while installed (main thread only). With
+  several processes the decision is JAX's preemption sync point (Orbax's
+  `reached_preemption`), so that every process saves the same step."""
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.received = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def stop_at(self, manager, step: int) -> bool:
+    if jax.process_count() > 1:
+      return bool(manager.reached_preemption(step))
+    return self.received
+
+
 # ----------------------------------------------------------------------------- trainer
 
 
@@ -482,9 +563,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
 
   Resumes from the latest complete checkpoint in workdir/checkpoints when there is one.
   Raises ConfigError before any work for settings that cannot run, and
-  NonFiniteLossError (keeping the last good checkpoint) if the loss stops being finite.
+  NonFiniteLossError (keeping the last good checkpoint) if the loss stops being finite,
+  WorkdirBusyError if another run holds the workdir, and Preempted after saving the
+  current step's checkpoint when SIGTERM arrives (the same command then resumes exactly).
   """
   workdir = pathlib.Path(workdir).absolute()
+  main = parallel.is_main_process()
+  if main:
+    workdir.mkdir(parents=True, exist_ok=True)
+  with workdir_lock(workdir, enabled=main), StopSignal() as stop:
+    return _train_and_evaluate(config, workdir, stop)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+                        stop: StopSignal) -> dict[str, Any]:
+  """train_and_evaluate with the workdir locked and SIGTERM caught by `stop`."""
   main = parallel.is_main_process()
 
   # Mesh.
@@ -514,7 +607,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
 
   # Checkpoint.
   if main:
-    workdir.mkdir(parents=True, exist_ok=True)
     (workdir / 'config.json').write_text(config.to_json(indent=2) + '\n')
   kept_epoch_steps = epoch_steps(config, info, config.keep_epochs)
   manager = checkpoints.create_manager(workdir / checkpoints.CHECKPOINTS,
@@ -555,8 +647,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
         progress.record(*pending)
       pending = (step, metrics)
       is_eval = step % config.eval_every_steps == 0 or step == num_steps
+      preempted = stop.stop_at(manager, step)
       is_save = (step % config.checkpoint_every_steps == 0 or step in kept_epoch_steps
-                 or step == num_steps)
+                 or step == num_steps or preempted)
       if not (is_eval or is_save):
         continue
       progress.record(*pending)  # checkpoint only a state whose loss was finite
@@ -573,6 +666,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
       if is_save:
         best_metric = {'top1_error': last_eval[1]['top1_error']} if is_eval else None
         checkpoints.save(manager, step, state, metrics=best_metric, config=config)
+      if preempted:
+        manager.wait_until_finished()
+        raise Preempted(step, manager.directory / str(step))
       progress.resume()
   except NonFiniteLossError as e:
     manager.wait_until_finished()

@@ -33,25 +33,25 @@ import ml_collections
 from configs import alexnet
 from configs import zfnet
 
-ZFNET_MAPS = (96, 256, 384, 384, 256)   # conv1..conv5 of ZFNet and AlexNet
-WIDE_MAPS = (96, 256, 512, 1024, 512)   # model (b), as configs/zfnet_wide.py
-FC_UNITS = (4096, 4096)                 # fc6, fc7
+from zfjax import tables
 
-# name -> (base config module, fields set on it).
-VARIANTS = {
-    'zfnet': (zfnet, {}),
-    'zfnet-fc2048': (zfnet, {'fc_features': (2048, 2048)}),
-    'zfnet-fc8192': (zfnet, {'fc_features': (8192, 8192)}),
-    'zfnet-wide': (zfnet, {'conv_features': WIDE_MAPS}),
-    'zfnet-wide-fc8192': (zfnet, {'conv_features': WIDE_MAPS, 'fc_features': (8192, 8192)}),
-    'alexnet': (alexnet, {}),
-    'alexnet-no-conv34': (alexnet, {'remove_layers': ('conv3', 'conv4')}),
-    'alexnet-no-fc7': (alexnet, {'remove_layers': ('fc7',)}),
-    'alexnet-no-fc67': (alexnet, {'remove_layers': ('fc6', 'fc7')}),
-    'alexnet-no-conv34-fc67': (alexnet, {'remove_layers': ('conv3', 'conv4', 'fc6', 'fc7')}),
-    'alexnet-fc2048': (alexnet, {'fc_features': (2048, 2048)}),
-    'alexnet-fc8192': (alexnet, {'fc_features': (8192, 8192)}),
-}
+
+def _fields(maps, units, removed) -> dict:
+  """The config fields that differ from the base model's for a Table 3 row."""
+  fields = {}
+  if maps != tables.ZFNET_MAPS:
+    fields['conv_features'] = maps
+  if units != tables.FC_UNITS:
+    fields['fc_features'] = units
+  if removed:
+    fields['remove_layers'] = removed
+  return fields
+
+
+# name -> (base config module, fields set on it), from the rows zfjax.tables knows.
+BASES = {'zfnet': zfnet, 'alexnet': alexnet}
+VARIANTS = {name: (BASES[family], _fields(maps, units, removed))
+            for name, (family, maps, units, removed) in tables.VARIANTS.items()}
 
 # Smoke runs: widths divided by these, at this input size (the smallest where AlexNet's
 # 11x11/4 conv1 still leaves a 1x1 pool5).
@@ -81,8 +81,8 @@ def _shrink(config: ml_collections.ConfigDict) -> None:
   default, smoke = zfnet.get_config(), zfnet.get_config('smoke')
   config.update({k: v for k, v in smoke.items()
                  if v != default[k] and k not in _ARCHITECTURE_FIELDS})
-  maps = config.conv_features or ZFNET_MAPS
-  units = config.fc_features or FC_UNITS
+  maps = config.conv_features or tables.ZFNET_MAPS
+  units = config.fc_features or tables.FC_UNITS
   config.update(conv_features=tuple(m // SMOKE_CONV_DIVISOR for m in maps),
                 fc_features=tuple(u // SMOKE_FC_DIVISOR for u in units),
                 image_size=SMOKE_IMAGE_SIZE, resize_size=SMOKE_IMAGE_SIZE + 8)

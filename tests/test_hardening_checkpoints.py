@@ -10,16 +10,15 @@ OCDBT database whose data files are default/ocdbt.process_0/d/<hash>); the tests
 or truncate those files.
 """
 
-import importlib.util
 import logging
 import pathlib
 import re
 import shutil
-import sys
 
 import jax
 import numpy as np
 import pytest
+from testing_models import load_visualize
 
 from configs import digits
 from zfjax import checkpoints, parallel, training
@@ -295,14 +294,6 @@ def test_restore_latest_when_nothing_restores(workdir, tiny, tmp_path):
 
 
 # -------------------------------------------------------------------------------- CLIs
-
-
-def load_visualize():
-  spec = importlib.util.spec_from_file_location('visualize', REPO / 'visualize.py')
-  module = importlib.util.module_from_spec(spec)
-  sys.modules['visualize'] = module
-  spec.loader.exec_module(module)
-  return module
 
 
 def test_visualize_and_export_print_one_line(workdir, capsys, tmp_path):

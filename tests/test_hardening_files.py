@@ -8,7 +8,6 @@ it, in one line naming the file.
 """
 
 import html.parser
-import importlib.util
 import os
 import pathlib
 import pickle
@@ -18,6 +17,7 @@ import urllib.parse
 import jax
 import numpy as np
 import pytest
+from testing_models import load_visualize
 
 torch = pytest.importorskip('torch')
 safetensors_torch = pytest.importorskip('safetensors.torch')
@@ -188,14 +188,6 @@ def test_pth_and_safetensors_exports_agree(digits_workdir, tmp_path):
 
 
 # ------------------------------------------------------------------------ index.html
-
-
-def load_visualize():
-  spec = importlib.util.spec_from_file_location('visualize', REPO / 'visualize.py')
-  module = importlib.util.module_from_spec(spec)
-  sys.modules['visualize'] = module
-  spec.loader.exec_module(module)
-  return module
 
 
 class Page(html.parser.HTMLParser):

@@ -9,7 +9,6 @@ over max |logit|) and come back bit for bit. Then the CLI: import -> restore_par
 visualize's loader, export -> torch.load, and the errors users see.
 """
 
-import importlib.util
 import json
 import pathlib
 import subprocess
@@ -18,6 +17,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from testing_models import load_visualize
 
 torch = pytest.importorskip('torch')
 # The model module itself: pytorchcv.model_provider imports every model, torchvision too,
@@ -203,14 +203,6 @@ def test_deconv_projection_of_imported_zfnet_matches_torch_reference(zfnet):
 
 
 # ---------------------------------------------------------------------------------- CLI
-
-
-def load_visualize():
-  spec = importlib.util.spec_from_file_location('visualize', REPO / 'visualize.py')
-  module = importlib.util.module_from_spec(spec)
-  sys.modules['visualize'] = module
-  spec.loader.exec_module(module)
-  return module
 
 
 @pytest.fixture(scope='module')

@@ -1,4 +1,9 @@
-"""Shared test helpers: models whose deep layers are alive with random weights."""
+"""Shared test helpers: models whose deep layers are alive with random weights, and
+visualize.py (a script) loaded as a module."""
+
+import importlib.util
+import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -24,3 +29,15 @@ def alive_variables(model, seed=0, image_size=224):
 def random_images(n, seed=0, size=224):
   """Images on the paper's scale (mean-subtracted 0-255 values)."""
   return 60.0 * jax.random.normal(jax.random.key(100 + seed), (n, size, size, 3))
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_visualize():
+  """visualize.py imported as the module `visualize` (it is a script, not in zfjax)."""
+  spec = importlib.util.spec_from_file_location('visualize', REPO / 'visualize.py')
+  module = importlib.util.module_from_spec(spec)
+  sys.modules['visualize'] = module
+  spec.loader.exec_module(module)
+  return module

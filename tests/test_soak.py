@@ -1,0 +1,65 @@
+"""A kill-and-resume soak (slow: python -m pytest -m slow tests/test_soak.py): a digits
+smoke run SIGKILLed 20 times at random moments, restarted each time with the same
+command, ends with exactly the losses and parameters of a run never killed."""
+
+import json
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from test_train_cli import REPO, assert_params_close, command, environment, losses, train
+
+STEPS = ('--config.num_train_steps=2000', '--config.eval_every_steps=500',
+         '--config.checkpoint_every_steps=10', '--config.log_every_steps=10',
+         '--config.keep_checkpoints=2')
+KILLS = 20
+
+
+def records(workdir) -> int:
+  """Whole lines in metrics.jsonl (a line being written does not count)."""
+  path = workdir / 'metrics.jsonl'
+  return path.read_text().count('\n') if path.exists() else 0
+
+
+@pytest.mark.slow
+def test_twenty_random_sigkills_then_the_same_final_state(tmp_path):
+  reference = tmp_path / 'reference'
+  train(reference, *STEPS)
+  workdir = tmp_path / 'soak'
+  rng = np.random.default_rng(0)
+  kills, incomplete, resumed_from = 0, 0, []
+  while kills < KILLS and not (workdir / 'results.json').exists():
+    run = subprocess.Popen(command(workdir, *STEPS), cwd=REPO, env=environment(), text=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    logged = records(workdir)
+    for line in run.stderr:  # logged once the model is built, just before the loop
+      if 'small_zfnet on digits' in line:
+        break
+    if kills % 2:  # every other kill once steps are being logged: stepping or saving
+      deadline = time.time() + 120
+      while records(workdir) <= logged and time.time() < deadline and run.poll() is None:
+        time.sleep(0.05)
+      time.sleep(rng.uniform(0.0, 1.5))
+    else:  # the others at any moment from here: compiling, first steps, first saves
+      time.sleep(rng.uniform(0.0, 4.0))
+    if run.poll() is None:
+      run.kill()
+      kills += 1
+    run.wait()
+    checkpoints = workdir / 'checkpoints'
+    if checkpoints.is_dir():
+      incomplete += sum(1 for p in checkpoints.iterdir() if 'orbax-checkpoint-tmp' in p.name)
+      steps = [int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()]
+      resumed_from.append(max(steps, default=0))
+  train(workdir, *STEPS)  # the last start runs to the end
+  report = {'kills': kills, 'incomplete_checkpoints_left_and_skipped': incomplete,
+            'latest_step_after_each_kill': resumed_from}
+  print(json.dumps(report))
+  (tmp_path / 'soak.json').write_text(json.dumps(report))
+  assert kills == KILLS, report  # the run must not have finished before 20 kills
+  assert losses(workdir) == losses(reference)
+  assert_params_close(workdir, reference)
+  assert json.loads((workdir / 'results.json').read_text()) == json.loads(
+      (reference / 'results.json').read_text())

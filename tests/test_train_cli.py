@@ -146,8 +146,8 @@ def test_a_second_run_on_a_busy_workdir_refuses(tmp_path):
   assert proc.returncode == 1 and 'Traceback' not in proc.stderr
   assert f'workdir {tmp_path} is in use by another run (pid {os.getpid()}' in proc.stderr
   assert not (tmp_path / 'checkpoints').exists()
-  with training.workdir_lock(tmp_path):  # released by the run that held it
-    pass
+  with training.workdir_lock(tmp_path):  # free again: the refused run took nothing
+    assert (tmp_path / training.LOCK_FILE).read_text().startswith(f'pid {os.getpid()} on ')
 
 
 def _free_port():

@@ -49,8 +49,12 @@ def parse_flags(argv):
   except flags.Error as e:
     cli.fail(f'{_without_traceback(str(e))}\nPass --helpfull to see help on flags.')
   except (AttributeError, KeyError) as e:
-    field = str(e.args[0] if e.args else e).strip('"')
-    cli.fail(f'the config has no field {field}; --config.NAME=VALUE sets existing fields only')
+    while isinstance(e, BaseException) and e.args:  # config_flags nests KeyErrors
+      e = e.args[0]
+    field, _, hint = str(e).strip('"').partition('\n')
+    hint = f' ({hint[0].lower()}{hint[1:].rstrip("?")}?)' if hint else ''
+    cli.fail(f'the config has no field {field}{hint}; --config.NAME=VALUE sets existing '
+             'fields only')
   except (TypeError, ValueError) as e:
     cli.fail(f'bad config: {e}')
 

@@ -217,6 +217,8 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint
 
 @pytest.mark.parametrize('flags, devices, message', [
     (('--config.no_such_field=1',), 1, 'no_such_field'),
+    (('--config.batch_sise=8',), 1, 'the config has no field \'batch_sise\' (did you mean '
+                                    '"batch_size" instead of "batch_sise"?)'),
     (('--config.batch_size=6',), 4, 'batch_size 6 must be a positive multiple of the number '
                                     'of devices (4)'),
     (('--config.model=lenet',), 1, "unknown model 'lenet'"),

@@ -168,15 +168,47 @@ def test_evaluate_ten_crops_and_ensemble():
 
 
 @pytest.mark.parametrize('overrides, message', [
-    ({'batch_size': 0}, 'batch_size 0 must be a positive multiple'),
-    ({'model': 'lenet'}, "unknown model 'lenet'"),
-    ({'init': 'zeros'}, "unknown init 'zeros'"),
-    ({'remove_layers': ('conv9',)}, 'conv9'),
-    ({'dataset': 'no_such_dataset'}, 'no_such_dataset'),
+    ({'batch_size': 0}, r'^config.batch_size must be positive, got 0$'),
+    ({'eval_batch_size': -8}, r'^config.eval_batch_size must be positive, got -8$'),
+    ({'num_train_steps': 0}, r'^config.num_train_steps must be positive, or -1 to train '),
+    ({'num_train_steps': -1, 'num_epochs': -2}, r'^config.num_epochs must be zero or positive'),
+    ({'num_train_steps': -1, 'num_epochs': 0}, r'^set num_epochs > 0 or num_train_steps > 0$'),
+    ({'checkpoint_every_steps': 0}, r'^config.checkpoint_every_steps must be positive'),
+    ({'learning_rate': -0.1}, r'^config.learning_rate must be positive, got -0.1$'),
+    ({'momentum': 1.0}, r'^config.momentum must be in \[0, 1\), got 1.0$'),
+    ({'dropout': 1.5}, r'^config.dropout must be in \[0, 1\), got 1.5$'),
+    ({'weight_decay': -1.0}, r'^config.weight_decay must be zero or positive'),
+    ({'lr_decay_factor': 1.0}, r'^config.lr_decay_factor must be above 1, got 1.0$'),
+    ({'image_size': 64}, r'^config.image_size \(64\) must not exceed config.resize_size \(36\)'),
+    ({'model': 'lenet'}, r"^unknown model 'lenet' \(config.model\); choose one of \["),
+    ({'init': 'zeros'}, r"^unknown init 'zeros' \(config.init\)"),
+    ({'dtype': 'float8'}, r"^unknown dtype 'float8' \(config.dtype\)"),
+    ({'conv_features': (8, 8)}, r'conv_features must list 5 widths \(conv1..conv5\), got \(8, 8\)'),
+    ({'fc_features': (16, 0)}, r'fc_features must be positive integers, got \(16, 0\)'),
+    ({'remove_layers': ('conv9',)}, r"^config.model 'small_zfnet' .*unknown layer\(s\) \['conv9'\]"),
+    ({'dataset': 'mnistt'}, r"^config.dataset: unknown dataset 'mnistt': neither 'digits' nor a "
+                            r"TFDS dataset \(did you mean 'mnist'\?\)$"),
 ])
-def test_bad_configs_fail_before_work(tmp_path, overrides, message):
+def test_bad_configs_fail_before_work(tmp_path, overrides, message, monkeypatch):
+  monkeypatch.setattr(training, 'make_train_step',
+                      lambda *args, **kwargs: pytest.fail('a bad config reached compilation'))
   with pytest.raises(training.ConfigError, match=message):
     training.train_and_evaluate(smoke_config(**overrides), tmp_path)
+  assert not (tmp_path / 'checkpoints').exists()
+
+
+def test_config_values_of_the_wrong_type_name_the_field(tmp_path):
+  """A config file (not a flag: config_flags checks those) that sets a wrong type."""
+  config = smoke_config()
+  config.unlock()
+  for field, value, message in (('batch_size', 8.0, 'an integer, got 8.0'),
+                                ('learning_rate', '0.1', "a number, got '0.1'"),
+                                ('log_every_steps', True, 'an integer, got True')):
+    bad = config.copy_and_resolve_references()
+    del bad[field]
+    bad[field] = value
+    with pytest.raises(training.ConfigError, match=f'^config.{field} must be {message}$'):
+      training.train_and_evaluate(bad, tmp_path)
   assert not (tmp_path / 'checkpoints').exists()
 
 

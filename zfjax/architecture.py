@@ -389,4 +389,12 @@ def get(name: str, num_classes: int, **kwargs) -> Spec:
   """The spec called `name` (a key of SPECS), for config files."""
   if name not in SPECS:
     raise ValueError(f'unknown model {name!r}; choose one of {sorted(SPECS)}')
+  for field, count in (('conv_features', 5), ('fc_features', None)):
+    widths = kwargs.get(field)
+    if widths is None:
+      continue
+    if count is not None and len(widths) != count:
+      raise ValueError(f'{field} must list {count} widths (conv1..conv5), got {tuple(widths)}')
+    if not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
+      raise ValueError(f'{field} must be positive integers, got {tuple(widths)}')
   return SPECS[name](num_classes, **kwargs)

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from typing import Any, Iterator, NamedTuple, Optional
 
 import numpy as np
@@ -69,6 +70,10 @@ class DatasetInfo(NamedTuple):
   num_train: int
   num_eval: int
   image_shape: tuple  # (H, W, 3): the model's input
+
+
+class UnknownDatasetError(ValueError):
+  """The dataset name is neither digits nor a dataset TFDS knows."""
 
 
 class DatasetUnavailableError(Exception):
@@ -471,7 +476,13 @@ def tfds_builder(config):
   raises DatasetUnavailableError when its manual download is missing."""
   _, tfds = _tf()
   data_dir = _data_dir(config)
-  builder = tfds.builder(config.dataset, data_dir=data_dir)
+  try:
+    builder = tfds.builder(config.dataset, data_dir=data_dir)
+  except tfds.core.DatasetNotFoundError as e:
+    suggestion = re.search(r'Did you mean: \S+ -> (\S+) \?', str(e))
+    hint = f' (did you mean {suggestion.group(1)!r}?)' if suggestion else ''
+    raise UnknownDatasetError(f'unknown dataset {config.dataset!r}: neither {DIGITS!r} nor a '
+                              f'TFDS dataset{hint}') from None
   if builder.is_prepared():
     return builder
   manual_dir = os.path.join(data_dir, 'downloads', 'manual')

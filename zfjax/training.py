@@ -113,16 +113,18 @@ def model_spec(config, num_classes: int) -> architecture.Spec:
     if config.remove_layers:
       spec = architecture.without(spec, *config.remove_layers)
   except (TypeError, ValueError) as e:
-    raise ConfigError(f'model {config.model!r} with {kwargs}: {e}') from e
+    raise ConfigError(f'config.model {config.model!r} with {kwargs}: {e}') from e
   return spec
 
 
 def create_model(config, num_classes: int) -> models.ConvNet:
   """The ConvNet described by the config: model, widths, init, dtype."""
   if config.init not in INITIALIZERS:
-    raise ConfigError(f'unknown init {config.init!r}; choose one of {sorted(INITIALIZERS)}')
+    raise ConfigError(f'unknown init {config.init!r} (config.init); choose one of '
+                      f'{sorted(INITIALIZERS)}')
   if config.dtype not in DTYPES:
-    raise ConfigError(f'unknown dtype {config.dtype!r}; choose one of {sorted(DTYPES)}')
+    raise ConfigError(f'unknown dtype {config.dtype!r} (config.dtype); choose one of '
+                      f'{sorted(DTYPES)}')
   return models.ConvNet(model_spec(config, num_classes), dtype=DTYPES[config.dtype],
                         kernel_init=INITIALIZERS[config.init])
 
@@ -344,23 +346,67 @@ def evaluate_ensemble(members: Sequence[tuple[models.ConvNet, Any]], batches: It
 # ----------------------------------------------------------------------------- schedule
 
 
+# field: (type, test, what the value must be). A field a config does not have is skipped.
+FIELD_RULES = {
+    'image_size': (int, lambda v: v > 0, 'positive'),
+    'resize_size': (int, lambda v: v > 0, 'positive'),
+    'shuffle_buffer': (int, lambda v: v > 0, 'positive'),
+    'mean_image_examples': (int, lambda v: v >= 0, 'zero (every image) or positive'),
+    'num_train_examples': (int, lambda v: v >= 0, 'zero (from the dataset) or positive'),
+    'num_eval_examples': (int, lambda v: v >= 0, 'zero (from the dataset) or positive'),
+    'dropout': (float, lambda v: 0 <= v < 1, 'in [0, 1)'),
+    'batch_size': (int, lambda v: v > 0, 'positive'),
+    'eval_batch_size': (int, lambda v: v > 0, 'positive'),
+    'num_epochs': (float, lambda v: v >= 0, 'zero or positive'),
+    'num_train_steps': (int, lambda v: v > 0 or v == -1, 'positive, or -1 to train num_epochs'),
+    'learning_rate': (float, lambda v: v > 0, 'positive'),
+    'momentum': (float, lambda v: 0 <= v < 1, 'in [0, 1)'),
+    'weight_decay': (float, lambda v: v >= 0, 'zero or positive'),
+    'filter_rms_radius': (float, lambda v: v >= 0, 'zero (off) or positive'),
+    'lr_patience': (int, lambda v: v >= 0, 'zero or positive'),
+    'lr_decay_factor': (float, lambda v: v > 1, 'above 1'),
+    'seed': (int, lambda v: True, 'an integer'),
+    'log_every_steps': (int, lambda v: v > 0, 'positive'),
+    'eval_every_steps': (int, lambda v: v > 0, 'positive'),
+    'checkpoint_every_steps': (int, lambda v: v > 0, 'positive'),
+    'keep_checkpoints': (int, lambda v: v > 0, 'positive'),
+}
+
+
+def check_fields(config) -> None:
+  """ConfigError naming the first field whose value has the wrong type or range."""
+  for field, (kind, test, must_be) in FIELD_RULES.items():
+    if field not in config:
+      continue
+    value = config[field]
+    numeric = (int, float) if kind is float else (int,)
+    if isinstance(value, bool) or not isinstance(value, numeric):
+      raise ConfigError(f'config.{field} must be {"a number" if kind is float else "an integer"}'
+                        f', got {value!r}')
+    if not test(value):
+      raise ConfigError(f'config.{field} must be {must_be}, got {value!r}')
+  if 'image_size' in config and 'resize_size' in config and (
+      config.image_size > config.resize_size):
+    raise ConfigError(f'config.image_size ({config.image_size}) must not exceed '
+                      f'config.resize_size ({config.resize_size}): crops come from the resized image')
+
+
 def check_config(config, mesh) -> None:
-  """ConfigError for settings that cannot run here, before any work."""
+  """ConfigError naming the field for settings that cannot run here, before any work:
+  a value of the wrong type or range, an unknown model, init or dtype, layer widths
+  the model cannot take, a batch size that does not split over the devices."""
+  check_fields(config)
+  if config.model not in architecture.SPECS:
+    raise ConfigError(f'unknown model {config.model!r} (config.model); choose one of '
+                      f'{sorted(architecture.SPECS)}')
+  create_model(config, num_classes=2)  # widths and removed layers; builds nothing
   for field in ('batch_size', 'eval_batch_size'):
     try:
       parallel.check_batch_size(config[field], mesh, field)
     except ValueError as e:
       raise ConfigError(str(e)) from None
-  if config.model not in architecture.SPECS:
-    raise ConfigError(f'unknown model {config.model!r}; choose one of '
-                      f'{sorted(architecture.SPECS)}')
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise ConfigError('set num_epochs > 0 or num_train_steps > 0')
-  for field in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps'):
-    if config[field] <= 0:
-      raise ConfigError(f'{field} must be positive, got {config[field]}')
-  if config.lr_decay_factor <= 1:
-    raise ConfigError(f'lr_decay_factor must exceed 1, got {config.lr_decay_factor}')
 
 
 def steps_per_epoch(config, info: input_pipeline.DatasetInfo) -> float:
@@ -589,6 +635,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     info = input_pipeline.dataset_info(config)
   except input_pipeline.DatasetUnavailableError:
     raise
+  except input_pipeline.UnknownDatasetError as e:
+    raise ConfigError(f'config.dataset: {e}') from None
   except (ValueError, KeyError, NotImplementedError) as e:
     raise ConfigError(f'dataset {config.dataset!r}: {e}') from e
   num_steps = total_steps(config, info)

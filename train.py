@@ -83,6 +83,8 @@ def main(argv):
           training.NonFiniteLossError, training.WorkdirBusyError,
           checkpoints.CheckpointError) as e:
     cli.fail(str(e))
+  except training.WorkdirWriteError as e:
+    cli.fail(str(e), now=True)
 
 
 if __name__ == '__main__':

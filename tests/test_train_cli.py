@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -137,6 +138,52 @@ def test_sigterm_saves_the_current_step_exits_0_and_resumes_exactly(reference, t
   train(workdir, *RUN)
   assert losses(workdir) == losses(reference)
   assert_params_close(workdir, reference)
+
+
+def _file_size_limit(limit):
+  """preexec_fn: writes past `limit` bytes fail with EFBIG ('File too large'), as on a
+  full disk, instead of raising SIGXFSZ."""
+  def apply():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+  return apply
+
+
+def test_a_refused_write_stops_in_one_line_and_the_last_checkpoint_resumes(reference, tmp_path):
+  workdir = tmp_path / 'full'
+  train(workdir, *RUN, '--config.num_train_steps=8', '--config.ten_crop_eval=False',
+        '--config.train_error_eval=False')
+  # Files may not grow past 12 kB: the step-12 checkpoint's array files cannot be written.
+  proc = subprocess.run(command(workdir, *RUN), cwd=REPO, text=True, capture_output=True,
+                        env=environment(), timeout=300, preexec_fn=_file_size_limit(12_000))
+  last_line = proc.stderr.strip().splitlines()[-1]
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert last_line == (f'error: cannot write to the workdir {workdir} (File too large): '
+                       f'training stopped; the last complete checkpoint, '
+                       f'{workdir / "checkpoints" / "8"}, is kept; free space or make it '
+                       'writable, then run the same command to resume')
+  assert not (workdir / 'checkpoints' / '12').exists()
+  train(workdir, *RUN)  # with room again: resumes from step 8, as if never stopped
+  assert losses(workdir) == losses(reference)
+  assert_params_close(workdir, reference)
+
+
+def test_write_failures_are_told_apart_from_other_errors():
+  refused = ('OUT_OF_RANGE: Error writing "params.fc6.kernel/0.0" in OCDBT database: Failed '
+             "to write 1570 bytes to file 12: No space left on device [os_error_code='28']")
+  assert checkpoints.write_failure(ValueError(refused)) == 'No space left on device'
+  assert checkpoints.write_failure(PermissionError(13, 'denied')) == 'Permission denied'
+  assert checkpoints.write_failure(OSError(30, 'ro')) == 'Read-only file system'
+  try:
+    try:
+      raise OSError(28, 'full')
+    except OSError as inner:
+      raise RuntimeError('save failed') from inner
+  except RuntimeError as outer:
+    assert checkpoints.write_failure(outer) == 'No space left on device'
+  assert checkpoints.write_failure(FileNotFoundError(2, 'gone')) is None
+  assert checkpoints.write_failure(ValueError("NOT_FOUND [os_error_code='2']")) is None
+  assert checkpoints.write_failure(ValueError('shapes differ')) is None
 
 
 def test_a_second_run_on_a_busy_workdir_refuses(tmp_path):

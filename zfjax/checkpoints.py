@@ -4,7 +4,7 @@
     checkpoints.save(manager, step, state, metrics={'top1_error': 0.3}, config=config)
     state = checkpoints.restore(manager, abstract_state)       # the latest complete one
     step, state = checkpoints.restore_latest(manager, abstract_state)  # newest that restores
-    manager.wait_until_finished(); manager.close()             # saves are asynchronous
+    checkpoints.wait(manager); manager.close()                 # saves are asynchronous
 
     config, params = checkpoints.restore_params('/tmp/zf_digits')  # for the analyses
 
@@ -27,10 +27,16 @@ step that cannot be restored with a warning, renames it to `<step>.unrestorable`
 inspection, out of the way of a new save of that step) once an older one restores, and
 raises CheckpointError listing every step's problem when none does. Changed bytes that
 still decode (a flipped bit in an array's data) are not detected: Orbax keeps no checksums.
+
+A save the file system refuses (disk full, read-only, no permission) raises
+`CheckpointWriteError` from the next `save` or `wait`; the step stays a temporary
+directory, so the complete checkpoints before it still restore.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import pathlib
@@ -55,6 +61,12 @@ PathLike = Union[str, os.PathLike]
 
 class CheckpointError(ValueError):
   """A checkpoint that cannot be restored: incomplete, damaged, or of another model."""
+
+
+class CheckpointWriteError(OSError):
+  """A save that the file system refused (disk full, read-only, no permission, file size
+  limit). The step's temporary directory is left incomplete, so no complete checkpoint
+  is replaced: the previous ones still restore."""
 
 
 def _best_metric(metrics: dict) -> float:
@@ -85,11 +97,50 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, *,
          ) -> None:
   """Starts an asynchronous save of `state` as step `step` (every process must call it).
   `metrics` (e.g. {'top1_error': e}) ranks it for the best-checkpoint rule; `config` is
-  stored in the step's metadata so the checkpoint is self-describing."""
+  stored in the step's metadata so the checkpoint is self-describing. An earlier save
+  that failed to write raises CheckpointWriteError here or in `wait`."""
   custom = {'config': json.loads(config.to_json())} if config is not None else None
   metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
-  manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True,
-               custom_metadata=custom)
+  with _writing(manager):
+    manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True,
+                 custom_metadata=custom)
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+  """Waits for the asynchronous saves to finish; CheckpointWriteError when the file
+  system refused one."""
+  with _writing(manager):
+    manager.wait_until_finished()
+
+
+# OS error numbers of a file system that refuses writes.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                          errno.EFBIG})
+
+
+def write_failure(error: BaseException) -> Optional[str]:
+  """The OS's reason ('No space left on device', ...) when `error` (or one it was raised
+  from) is a write the file system refused, else None. TensorStore reports these as a
+  ValueError carrying os_error_code='N'."""
+  for link in _chain(error):
+    if isinstance(link, OSError) and link.errno in WRITE_ERRNOS:
+      return os.strerror(link.errno)
+    code = re.search(r"os_error_code='?(\d+)", str(link))
+    if code and int(code.group(1)) in WRITE_ERRNOS:
+      return os.strerror(int(code.group(1)))
+  return None
+
+
+@contextlib.contextmanager
+def _writing(manager):
+  try:
+    yield
+  except Exception as error:  # Orbax re-raises a background thread's error as it was
+    reason = write_failure(error)
+    if reason is None:
+      raise
+    raise CheckpointWriteError(f'cannot write a checkpoint in {manager.directory}: '
+                               f'{reason}') from None
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state: Any,

@@ -1,6 +1,7 @@
 """What the command-line programs share: quiet library logs, one-line user errors."""
 
 import logging
+import os
 import sys
 
 CHATTY_LIBRARIES = ('/orbax/', '/jax/', '/etils/')
@@ -8,12 +9,25 @@ CHATTY_LIBRARIES = ('/orbax/', '/jax/', '/etils/')
 
 def quiet_libraries(record: logging.LogRecord) -> bool:
   """A logging filter: keeps Orbax's, JAX's and etils' INFO lines off the console
-  (their warnings still show)."""
+  (their warnings still show), and Orbax's and asyncio's tracebacks of a write that the
+  file system refused (train.py reports it in one line)."""
+  if '/orbax/' in record.pathname or '/asyncio/' in record.pathname:
+    from zfjax import checkpoints  # pylint: disable=import-outside-toplevel
+    error = record.exc_info[1] if record.exc_info else None
+    if checkpoints.write_failure(RuntimeError(record.getMessage(), error)) or (
+        error is not None and checkpoints.write_failure(error)):
+      return False
   quiet = any(part in record.pathname for part in CHATTY_LIBRARIES)
   return record.levelno >= logging.WARNING or not quiet
 
 
-def fail(message: str, status: int = 1) -> None:
-  """A user error: one line on stderr, exit `status`, no traceback."""
+def fail(message: str, status: int = 1, *, now: bool = False) -> None:
+  """A user error: one line on stderr, exit `status`, no traceback. `now`: exit at once,
+  without the interpreter's shutdown (after a refused write, Orbax's failed background
+  writes would print their tracebacks while Python shuts down)."""
   print(f'error: {message}', file=sys.stderr)
+  if now:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)  # pylint: disable=protected-access
   sys.exit(status)

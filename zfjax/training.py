@@ -77,6 +77,11 @@ class WorkdirBusyError(RuntimeError):
   """Another run holds the workdir's lock: two runs would interleave checkpoints."""
 
 
+class WorkdirWriteError(OSError):
+  """The workdir refused a write (disk full, read-only, no permission): training stopped;
+  the complete checkpoints written before still restore."""
+
+
 class Preempted(Exception):
   """SIGTERM (a preemption notice on TPU and SLURM, or `kill`) stopped training after a
   checkpoint of `step` was saved and finished; the same command resumes from it."""
@@ -610,15 +615,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
   Resumes from the latest complete checkpoint in workdir/checkpoints when there is one.
   Raises ConfigError before any work for settings that cannot run, and
   NonFiniteLossError (keeping the last good checkpoint) if the loss stops being finite,
-  WorkdirBusyError if another run holds the workdir, and Preempted after saving the
-  current step's checkpoint when SIGTERM arrives (the same command then resumes exactly).
+  WorkdirBusyError if another run holds the workdir, WorkdirWriteError if the file system
+  refuses a write (disk full, read-only, no permission; the complete checkpoints before
+  it still restore), and Preempted after saving the current step's checkpoint when
+  SIGTERM arrives (the same command then resumes exactly).
   """
   workdir = pathlib.Path(workdir).absolute()
   main = parallel.is_main_process()
-  if main:
-    workdir.mkdir(parents=True, exist_ok=True)
-  with workdir_lock(workdir, enabled=main), StopSignal() as stop:
-    return _train_and_evaluate(config, workdir, stop)
+  try:
+    if main:
+      workdir.mkdir(parents=True, exist_ok=True)
+    with workdir_lock(workdir, enabled=main), StopSignal() as stop:
+      return _train_and_evaluate(config, workdir, stop)
+  except OSError as error:
+    reason = checkpoints.write_failure(error)
+    if reason is None:
+      raise
+    raise WorkdirWriteError(f'cannot write to the workdir {workdir} ({reason}): training '
+                            f'stopped; {_last_complete(workdir)}; free space or make it '
+                            'writable, then run the same command to resume') from None
+
+
+def _last_complete(workdir: pathlib.Path) -> str:
+  try:
+    directory = checkpoints.find_checkpoint(workdir)
+  except FileNotFoundError:
+    return 'no checkpoint was saved'
+  return f'the last complete checkpoint, {directory}, is kept'
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path,
@@ -715,11 +738,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         best_metric = {'top1_error': last_eval[1]['top1_error']} if is_eval else None
         checkpoints.save(manager, step, state, metrics=best_metric, config=config)
       if preempted:
-        manager.wait_until_finished()
+        checkpoints.wait(manager)
         raise Preempted(step, manager.directory / str(step))
       progress.resume()
+    checkpoints.wait(manager)
   except NonFiniteLossError as e:
-    manager.wait_until_finished()
+    checkpoints.wait(manager)
     good = manager.latest_step()
     where = (f'the last good checkpoint is step {good} in {manager.directory}' if good
              else 'no checkpoint was saved')

@@ -1,7 +1,8 @@
-"""Property tests (hypothesis) of deconv.project and occlusion.sensitivity at their edges,
-on a tiny small_zfnet (8-wide convs, fc 16) and small images: random valid image sizes,
-channel lists (empty, repeated), occluder patches and strides (patch as large as the
-image, strides that do not divide it), fills, batch sizes 1 and a prime, all-zero images.
+"""Property tests (hypothesis) of deconv.project, occlusion.sensitivity and topk.search at
+their edges, on a tiny small_zfnet (8-wide convs, fc 16) and small images: random valid
+image sizes, channel lists (empty, repeated), occluder patches and strides (patch as large
+as the image, strides that do not divide it), fills, batch sizes 1 and a prime, k larger
+than the number of images, all-zero images.
 Valid input gives finite results of the documented shape; invalid input gives a
 ValueError naming the argument.
 
@@ -19,7 +20,7 @@ hypothesis = pytest.importorskip('hypothesis')
 # pylint: disable=wrong-import-position
 from hypothesis import example, given, settings, strategies as st
 
-from zfjax import architecture, checkpoints, deconv, models, occlusion
+from zfjax import architecture, checkpoints, deconv, models, occlusion, topk
 
 SPEC = architecture.small_zfnet(5, conv_features=(8, 8, 8, 8, 8), fc_features=(16, 16))
 MODEL = models.ConvNet(SPEC)
@@ -199,3 +200,78 @@ def test_too_small_images_are_refused():
     with pytest.raises(ValueError, match='too small'):
       occlusion.sensitivity(MODEL, variables_for(9, 9), jnp.zeros((height, width, 3)), 0,
                             patch=1, stride=1)
+
+
+# ------------------------------------------------------------------------- top-k search
+
+MAPS = architecture.map_names(SPEC)
+
+
+def brute_force_topk(height, width, stack, layer, k):
+  """Each image's first maximum per channel, sorted by (-value, image), the top k; unfilled
+  entries -inf / -1 (tests/test_topk.py checks search against the same rule in depth)."""
+  feature_map = np.asarray(models.activations(MODEL, variables_for(height, width), stack,
+                                              (layer,))[layer])
+  n, _, map_width, channels = feature_map.shape
+  flat = feature_map.reshape(n, -1, channels)
+  values = np.full((channels, k), -np.inf, np.float32)
+  example, y, x = (np.full((channels, k), -1, np.int32) for _ in range(3))
+  for c in range(channels):
+    order = np.lexsort((np.arange(n), -flat[:, :, c].max(1)))[:k]
+    values[c, :len(order)] = flat[order, :, c].max(1)
+    example[c, :len(order)] = order
+    y[c, :len(order)], x[c, :len(order)] = divmod(flat[order, :, c].argmax(1), map_width)
+  return values, example, y, x
+
+
+@FEW
+@given(height=st.sampled_from(SIZES[:2]), width=st.sampled_from(SIZES[:2]),
+       sizes=st.lists(st.sampled_from((1, 2, 3, 5)), min_size=1, max_size=3),
+       zero=st.booleans(), layer=st.sampled_from(MAPS), k=st.integers(1, 12))
+# batches of 1 and of a prime, k larger than the 6 images, all-zero images (images tie)
+@example(height=9, width=13, sizes=[1, 5], zero=True, layer='conv3', k=9)
+def test_search_valid_inputs(height, width, sizes, zero, layer, k):
+  stack = images(sum(sizes), height, width, zero)
+  batches = np.split(np.asarray(stack), np.cumsum(sizes)[:-1])
+  result = topk.search(MODEL, variables_for(height, width), batches, layers=layer, k=k)[layer]
+  assert all(v.shape == (8, k) for v in result)
+  values, example_, y, x = brute_force_topk(height, width, stack, layer, k)
+  filled = min(k, len(stack))
+  assert bool(jnp.isfinite(result.values[:, :filled]).all())
+  assert bool((result.values[:, filled:] == -jnp.inf).all())
+  np.testing.assert_allclose(result.values, values, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(np.stack([result.y, result.x]), np.stack([y, x]))
+  if zero:  # identical images tie: the first ones, in iteration order
+    example_[:, :filled] = np.arange(filled)
+  np.testing.assert_array_equal(result.example, example_)
+
+
+BAD_SEARCH = [  # (argument, value): every one of these is tried
+    *[('k', v) for v in (0, -1, 2.5, '3', None, True)],
+    *[('layers', v) for v in ('fc6', 'conv9', '', 'input', (), ('conv1', 'fc7'), None)],
+    *[('batches', shape) for shape in ((9, 9, 3), (1, 9, 9), (1, 9, 9, 1), (1, 9, 9, 4),
+                                       (1, 1, 9, 9, 3), (1, 4, 9, 3))],
+    ('batches', {'pixels': (1, 9, 9, 3)}), ('batches', {'image': (2, 9, 9, 3), 'mask': (3,)}),
+    ('batches', 7), ('batches', np.zeros((2, 9, 9, 3), np.float32)),
+    ('batches', {'image': np.zeros((2, 9, 9, 3), np.float32)}),
+]
+
+
+def search_with(name, value):
+  kwargs = {'batches': [np.zeros((1, 9, 9, 3), np.float32)], 'layers': 'conv2', 'k': 3}
+  if name == 'batches':
+    if isinstance(value, dict) and all(isinstance(v, tuple) for v in value.values()):
+      value = [{key: np.zeros(shape, bool if key == 'mask' else np.float32)
+                for key, shape in value.items()}]
+    elif isinstance(value, tuple):
+      value = [np.zeros(value, np.float32)]
+  kwargs[name] = value
+  return topk.search(MODEL, variables_for(9, 9), kwargs['batches'], layers=kwargs['layers'],
+                     k=kwargs['k'])
+
+
+@pytest.mark.parametrize('name, value', BAD_SEARCH)
+def test_search_invalid_inputs_name_the_argument(name, value):
+  match = {'k': 'k must', 'layers': 'layer', 'batches': 'batch|image|mask|too small'}[name]
+  with pytest.raises(ValueError, match=match):
+    search_with(name, value)

@@ -106,8 +106,11 @@ def search(model: models.ConvNet, variables, batches: Iterable, layers: Sequence
     {layer: TopK} with (C, k) arrays, replicated over the mesh (see the module doc).
   """
   layers = _check_layers(model, layers)
-  if not isinstance(k, (int, np.integer)) or k < 1:
+  if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
     raise ValueError(f'k must be a positive integer, got {k!r}')
+  if not isinstance(batches, Iterable) or isinstance(batches, (np.ndarray, jax.Array, dict)):
+    raise ValueError(f'batches must be an iterable of image batches (a list, a generator; '
+                     f'one array of images: [images]), got {type(batches).__name__}')
   mesh = mesh or parallel.create_mesh()
   replicated = NamedSharding(mesh, P())
   rows = NamedSharding(mesh, P(parallel.DATA))
@@ -196,6 +199,8 @@ def _pad_rows(images, mask, size):
 
 
 def _check_layers(model, layers) -> tuple[str, ...]:
+  if layers is None or not isinstance(layers, (str, Iterable)):
+    raise ValueError(f'layers must be a map layer name or a list of them, got {layers!r}')
   layers = (layers,) if isinstance(layers, str) else tuple(layers)
   valid = architecture.map_names(model.spec)
   unknown = [name for name in layers if name not in valid]

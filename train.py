@@ -32,31 +32,15 @@ _COORDINATOR_TIMEOUT = flags.DEFINE_integer(
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def _without_traceback(message: str) -> str:
-  """config_flags puts the config file's traceback into its error: keep the first line
-  and the exception's own."""
-  if 'Traceback (most recent call last)' not in message:
-    return message
-  lines = [line for line in message.splitlines() if line.strip()]
-  return f'{lines[0]} {lines[-1]}'
-
-
 def parse_flags(argv):
   """absl's flag parsing, with config overrides that name no field (or have the wrong
   type) reported in one line instead of a traceback."""
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    cli.fail(f'{_without_traceback(str(e))}\nPass --helpfull to see help on flags.')
-  except (AttributeError, KeyError) as e:
-    while isinstance(e, BaseException) and e.args:  # config_flags nests KeyErrors
-      e = e.args[0]
-    field, _, hint = str(e).strip('"').partition('\n')
-    hint = f' ({hint[0].lower()}{hint[1:].rstrip("?")}?)' if hint else ''
-    cli.fail(f'the config has no field {field}{hint}; --config.NAME=VALUE sets existing '
-             'fields only')
-  except (TypeError, ValueError) as e:
-    cli.fail(f'bad config: {e}')
+    cli.fail(f'{cli.config_flag_error(e)}\nPass --helpfull to see help on flags.')
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    cli.fail(cli.config_flag_error(e))
 
 
 def main(argv):

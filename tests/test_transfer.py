@@ -192,8 +192,12 @@ def test_digits_protocol_end_to_end_and_feature_cache(source_dir, tmp_path):
 def test_config_errors_name_the_field(source_dir, tmp_path):
   cases = [({'methods': ('frozen', 'distill')}, 'unknown method'),
            ({'probe_classifiers': ('knn',)}, 'unknown classifier'),
-           ({'num_splits': 0}, 'num_splits'),
+           ({'num_splits': 0}, r'^config.num_splits must be at least 1, got 0$'),
            ({'train_per_class': (0,)}, 'train_per_class'),
+           ({'network_steps': -5}, r'^config.network_steps must be positive, got -5$'),
+           ({'svm_c': 0.0}, r'^config.svm_c must be positive, got 0.0$'),
+           ({'momentum': 1.0}, r'^config.momentum must be in \[0, 1\), got 1.0$'),
+           ({'test_per_class': -1}, r'^config.test_per_class must be zero'),
            ({'probe_layers': ('conv9',)}, 'conv9')]
   for fields, message in cases:
     with pytest.raises(transfer.TransferError, match=message):
@@ -208,6 +212,12 @@ def test_cli_reports_a_bad_source_in_one_line(tmp_path, capsys):
   assert status == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith('error: ') and 'no checkpoint' in err and '\n' not in err
+  status = transfer.main(['transfer', '--config', 'configs/transfer_digits.py:smoke',
+                          '--workdir', str(tmp_path), '--config.num_splitz=2'])
+  assert status == 2
+  assert capsys.readouterr().err.strip() == (
+      'error: the config has no field \'num_splitz\' (did you mean "num_splits" instead of '
+      '"num_splitz"?); --config.NAME=VALUE sets existing fields only')
 
 
 def test_image_folder_with_an_excluded_class(source, tmp_path):

@@ -31,3 +31,21 @@ def fail(message: str, status: int = 1, *, now: bool = False) -> None:
     sys.stderr.flush()
     os._exit(status)  # pylint: disable=protected-access
   sys.exit(status)
+
+
+def config_flag_error(error: Exception) -> str:
+  """One line for an error of parsing --config and --config.FIELD=VALUE flags: a field
+  the config lacks (with config_flags' closest name), a value of the wrong type, or a
+  config file that failed to load (its traceback dropped)."""
+  if isinstance(error, (AttributeError, KeyError)):
+    while isinstance(error, BaseException) and error.args:  # config_flags nests KeyErrors
+      error = error.args[0]
+    field, _, hint = str(error).strip('"').partition('\n')
+    hint = f' ({hint[0].lower()}{hint[1:].rstrip("?")}?)' if hint else ''
+    return f'the config has no field {field}{hint}; --config.NAME=VALUE sets existing fields only'
+  message = str(error)
+  lines = [line for line in message.splitlines() if line.strip()]
+  if 'Traceback (most recent call last)' in message:
+    return f'{lines[0]} {lines[-1]}'
+  return lines[0] if lines else type(error).__name__
+

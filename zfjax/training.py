@@ -378,18 +378,22 @@ FIELD_RULES = {
 }
 
 
-def check_fields(config) -> None:
-  """ConfigError naming the first field whose value has the wrong type or range."""
-  for field, (kind, test, must_be) in FIELD_RULES.items():
+def check_fields(config, rules=None, error=None) -> None:
+  """`error` (default ConfigError) naming the first field whose value has the wrong type
+  or range under `rules` (default FIELD_RULES: {field: (int or float, test, what the
+  value must be)}); fields the config lacks are skipped."""
+  rules = FIELD_RULES if rules is None else rules
+  error = error or ConfigError
+  for field, (kind, test, must_be) in rules.items():
     if field not in config:
       continue
     value = config[field]
     numeric = (int, float) if kind is float else (int,)
     if isinstance(value, bool) or not isinstance(value, numeric):
-      raise ConfigError(f'config.{field} must be {"a number" if kind is float else "an integer"}'
-                        f', got {value!r}')
+      raise error(f'config.{field} must be {"a number" if kind is float else "an integer"}'
+                  f', got {value!r}')
     if not test(value):
-      raise ConfigError(f'config.{field} must be {must_be}, got {value!r}')
+      raise error(f'config.{field} must be {must_be}, got {value!r}')
   if 'image_size' in config and 'resize_size' in config and (
       config.image_size > config.resize_size):
     raise ConfigError(f'config.image_size ({config.image_size}) must not exceed '

@@ -533,21 +533,39 @@ def network_scores(model: models.ConvNet, params, images: np.ndarray,
 # ----------------------------------------------------------------------------- protocol
 
 
+# field: (int or float, test, what the value must be), as training.FIELD_RULES.
+FIELD_RULES = {
+    'test_per_class': (int, lambda v: v >= 0, 'zero (every other image) or positive'),
+    'num_splits': (int, lambda v: v >= 1, 'at least 1'),
+    'seed': (int, lambda v: True, 'an integer'),
+    'pool_grid': (int, lambda v: v >= 1, 'at least 1'),
+    'batch_size': (int, lambda v: v > 0, 'positive'),
+    'softmax_l2': (float, lambda v: v >= 0, 'zero or positive'),
+    'softmax_steps': (int, lambda v: v > 0, 'positive'),
+    'svm_c': (float, lambda v: v > 0, 'positive'),
+    'network_steps': (int, lambda v: v > 0, 'positive'),
+    'network_batch_size': (int, lambda v: v > 0, 'positive'),
+    'finetune_learning_rate': (float, lambda v: v > 0, 'positive'),
+    'scratch_learning_rate': (float, lambda v: v > 0, 'positive'),
+    'momentum': (float, lambda v: 0 <= v < 1, 'in [0, 1)'),
+    'weight_decay': (float, lambda v: v >= 0, 'zero or positive'),
+    'filter_rms_radius': (float, lambda v: v >= 0, 'zero (off) or positive'),
+}
+
+
 def check_config(config, source: Optional[Source] = None) -> None:
   """TransferError naming the field for settings that cannot run, before any work."""
+  from zfjax import training  # pylint: disable=import-outside-toplevel
+  training.check_fields(config, FIELD_RULES, TransferError)
   for method in config.methods:
     if method not in METHODS:
       raise TransferError(f'methods: unknown method {method!r}; choose from {METHODS}')
   for classifier in tuple(config.probe_classifiers) + (config.head_classifier,):
     if classifier not in CLASSIFIERS:
       raise TransferError(f'unknown classifier {classifier!r}; choose from {CLASSIFIERS}')
-  if config.num_splits < 1:
-    raise TransferError(f'num_splits must be at least 1, got {config.num_splits}')
   if any(int(n) < 1 for n in config.train_per_class) or not config.train_per_class:
     raise TransferError(f'train_per_class must be positive counts, got '
                         f'{tuple(config.train_per_class)}')
-  if config.pool_grid < 1:
-    raise TransferError(f'pool_grid must be at least 1, got {config.pool_grid}')
   if source is not None:
     layers = (config.head_layer, *config.probe_layers)
     try:
@@ -736,7 +754,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not config_flag.value or not workdir.value:
       raise flags.Error('--config and --workdir are required')
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
-    print(f'error: {str(error).splitlines()[0]}', file=sys.stderr)
+    from zfjax import cli  # pylint: disable=import-outside-toplevel
+    print(f'error: {cli.config_flag_error(error)}', file=sys.stderr)
     return 2
   from zfjax import cli  # pylint: disable=import-outside-toplevel
   logging.use_absl_handler()

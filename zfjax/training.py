@@ -351,7 +351,7 @@ def evaluate_ensemble(members: Sequence[tuple[models.ConvNet, Any]], batches: It
 # ----------------------------------------------------------------------------- schedule
 
 
-# field: (type, test, what the value must be). A field a config does not have is skipped.
+# field: (int or float, test, what the value must be); check_fields skips absent fields.
 FIELD_RULES = {
     'image_size': (int, lambda v: v > 0, 'positive'),
     'resize_size': (int, lambda v: v > 0, 'positive'),
@@ -394,10 +394,6 @@ def check_fields(config, rules=None, error=None) -> None:
                   f', got {value!r}')
     if not test(value):
       raise error(f'config.{field} must be {must_be}, got {value!r}')
-  if 'image_size' in config and 'resize_size' in config and (
-      config.image_size > config.resize_size):
-    raise ConfigError(f'config.image_size ({config.image_size}) must not exceed '
-                      f'config.resize_size ({config.resize_size}): crops come from the resized image')
 
 
 def check_config(config, mesh) -> None:
@@ -405,6 +401,10 @@ def check_config(config, mesh) -> None:
   a value of the wrong type or range, an unknown model, init or dtype, layer widths
   the model cannot take, a batch size that does not split over the devices."""
   check_fields(config)
+  if config.image_size > config.resize_size:
+    raise ConfigError(f'config.image_size ({config.image_size}) must not exceed '
+                      f'config.resize_size ({config.resize_size}): crops come from the '
+                      'resized image')
   if config.model not in architecture.SPECS:
     raise ConfigError(f'unknown model {config.model!r} (config.model); choose one of '
                       f'{sorted(architecture.SPECS)}')

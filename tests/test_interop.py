@@ -313,7 +313,7 @@ def test_errors_name_the_problem(zfnet, tmp_path):
                        str(tmp_path / 'full')]) == 2
 
 
-def test_export_of_a_small_model_uses_its_image_size(tmp_path):
+def test_export_of_a_small_model_uses_its_image_size(tmp_path, capsys, monkeypatch):
   """A digits-sized small_zfnet (32x32 inputs, 4x4 map into fc6) goes out and back."""
   from configs import digits  # pylint: disable=import-outside-toplevel
   config = digits.get_config('smoke')
@@ -339,6 +339,17 @@ def test_export_of_a_small_model_uses_its_image_size(tmp_path):
                              np.asarray(params['conv1']['kernel']), rtol=1e-6)
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, folded['conv2']),
                jax.tree.map(np.asarray, params['conv2']))
+  # A refused write (disk full) while importing: one line, exit 2.
+  capsys.readouterr()
+  def refuse(manager, *args, **kwargs):
+    raise checkpoints.CheckpointWriteError(
+        f'cannot write a checkpoint in {manager.directory}: No space left on device')
+  monkeypatch.setattr(checkpoints, 'save', refuse)
+  assert interop.main(['import', str(exported), '--arch', 'zfjax', '--out',
+                       str(tmp_path / 'full')]) == 2
+  assert capsys.readouterr().err == (f'error: cannot write a checkpoint in '
+                                     f'{tmp_path / "full" / "checkpoints"}: No space left on '
+                                     'device\n')
 
 
 def test_imported_config_has_every_training_field():

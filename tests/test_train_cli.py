@@ -6,7 +6,6 @@ import json
 import os
 import pathlib
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -140,13 +139,14 @@ def test_sigterm_saves_the_current_step_exits_0_and_resumes_exactly(reference, t
   assert_params_close(workdir, reference)
 
 
-def _file_size_limit(limit):
-  """preexec_fn: writes past `limit` bytes fail with EFBIG ('File too large'), as on a
-  full disk, instead of raising SIGXFSZ."""
-  def apply():
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-  return apply
+def with_file_size_limit(limit, argv):
+  """argv run with writes past `limit` bytes failing with EFBIG ('File too large'), as on
+  a full disk, instead of raising SIGXFSZ: a launcher sets both, then execs argv (no
+  preexec_fn, which would fork this multithreaded process)."""
+  launcher = ('import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); '
+              f'resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); '
+              'os.execv(sys.argv[1], sys.argv[1:])')
+  return [sys.executable, '-c', launcher, *argv]
 
 
 def test_a_refused_write_stops_in_one_line_and_the_last_checkpoint_resumes(reference, tmp_path):
@@ -154,8 +154,8 @@ def test_a_refused_write_stops_in_one_line_and_the_last_checkpoint_resumes(refer
   train(workdir, *RUN, '--config.num_train_steps=8', '--config.ten_crop_eval=False',
         '--config.train_error_eval=False')
   # Files may not grow past 12 kB: the step-12 checkpoint's array files cannot be written.
-  proc = subprocess.run(command(workdir, *RUN), cwd=REPO, text=True, capture_output=True,
-                        env=environment(), timeout=300, preexec_fn=_file_size_limit(12_000))
+  proc = subprocess.run(with_file_size_limit(12_000, command(workdir, *RUN)), cwd=REPO,
+                        text=True, capture_output=True, env=environment(), timeout=300)
   last_line = proc.stderr.strip().splitlines()[-1]
   assert proc.returncode == 1, proc.stderr[-3000:]
   assert last_line == (f'error: cannot write to the workdir {workdir} (File too large): '

@@ -389,7 +389,7 @@ def write_checkpoint(out: str | pathlib.Path, params: Mapping,
                                        async_save=False)
   try:
     checkpoints.save(manager, 0, state, config=config)
-    manager.wait_until_finished()
+    checkpoints.wait(manager)
   finally:
     manager.close()
   return out / checkpoints.CHECKPOINTS / '0'
@@ -603,7 +603,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       step = args.step if args.step in ('latest', 'best') else int(args.step)
       where = export_checkpoint(args.checkpoint, args.out, step)
       print(f'wrote {where} and {where.with_suffix(".json")}')
-  except (ValueError, FileNotFoundError) as error:
+  except (ValueError, OSError) as error:  # OSError: missing files, refused writes
     print(f'error: {error}', file=sys.stderr)
     return 2
   return 0

@@ -13,9 +13,9 @@ def quiet_libraries(record: logging.LogRecord) -> bool:
   file system refused (train.py reports it in one line)."""
   if '/orbax/' in record.pathname or '/asyncio/' in record.pathname:
     from zfjax import checkpoints  # pylint: disable=import-outside-toplevel
-    error = record.exc_info[1] if record.exc_info else None
-    if checkpoints.write_failure(RuntimeError(record.getMessage(), error)) or (
-        error is not None and checkpoints.write_failure(error)):
+    logged = [RuntimeError(record.getMessage())] + ([record.exc_info[1]] if record.exc_info
+                                                    else [])
+    if any(checkpoints.write_failure(error) for error in logged):
       return False
   quiet = any(part in record.pathname for part in CHATTY_LIBRARIES)
   return record.levelno >= logging.WARNING or not quiet

@@ -75,15 +75,16 @@ def wait_for_coordinator(address: str, timeout_s: float) -> None:
       time.sleep(0.5)
 
 
-def _join(timeout_s: int, *args) -> None:
-  address, _, process_id = (list(args) + [None] * 3)[:3]
+def _join(timeout_s: int, address: Optional[str] = None, num_processes: Optional[int] = None,
+          process_id: Optional[int] = None) -> None:
   if address and process_id:  # not the coordinator itself: it must be listening
     wait_for_coordinator(address, timeout_s)
   try:
-    jax.distributed.initialize(*args, initialization_timeout=int(timeout_s))
+    jax.distributed.initialize(address, num_processes, process_id,
+                               initialization_timeout=int(timeout_s))
   except Exception as error:  # pylint: disable=broad-except  (XLA raises its own types)
-    address = (args[0] if args and args[0] else
-               os.environ.get('JAX_COORDINATOR_ADDRESS', 'the auto-detected coordinator'))
+    address = address or os.environ.get('JAX_COORDINATOR_ADDRESS',
+                                        'the auto-detected coordinator')
     detail = next((line.strip() for line in str(error).splitlines() if line.strip()),
                   type(error).__name__)
     raise CoordinatorUnreachableError(

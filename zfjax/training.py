@@ -351,37 +351,45 @@ def evaluate_ensemble(members: Sequence[tuple[models.ConvNet, Any]], batches: It
 # ----------------------------------------------------------------------------- schedule
 
 
-# field: (int or float, test, what the value must be); check_fields skips absent fields.
+# Rules of check_fields: (int or float, test, what the value must be).
+POSITIVE_INT = (int, lambda v: v > 0, 'positive')
+POSITIVE = (float, lambda v: v > 0, 'positive')
+NON_NEGATIVE_INT = (int, lambda v: v >= 0, 'zero or positive')
+NON_NEGATIVE = (float, lambda v: v >= 0, 'zero or positive')
+FRACTION = (float, lambda v: 0 <= v < 1, 'in [0, 1)')
+ANY_INT = (int, lambda v: True, 'an integer')
+
+# field: rule; check_fields skips the fields a config does not have.
 FIELD_RULES = {
-    'image_size': (int, lambda v: v > 0, 'positive'),
-    'resize_size': (int, lambda v: v > 0, 'positive'),
-    'shuffle_buffer': (int, lambda v: v > 0, 'positive'),
+    'image_size': POSITIVE_INT,
+    'resize_size': POSITIVE_INT,
+    'shuffle_buffer': POSITIVE_INT,
     'mean_image_examples': (int, lambda v: v >= 0, 'zero (every image) or positive'),
     'num_train_examples': (int, lambda v: v >= 0, 'zero (from the dataset) or positive'),
     'num_eval_examples': (int, lambda v: v >= 0, 'zero (from the dataset) or positive'),
-    'dropout': (float, lambda v: 0 <= v < 1, 'in [0, 1)'),
-    'batch_size': (int, lambda v: v > 0, 'positive'),
-    'eval_batch_size': (int, lambda v: v > 0, 'positive'),
-    'num_epochs': (float, lambda v: v >= 0, 'zero or positive'),
+    'dropout': FRACTION,
+    'batch_size': POSITIVE_INT,
+    'eval_batch_size': POSITIVE_INT,
+    'num_epochs': NON_NEGATIVE,
     'num_train_steps': (int, lambda v: v > 0 or v == -1, 'positive, or -1 to train num_epochs'),
-    'learning_rate': (float, lambda v: v > 0, 'positive'),
-    'momentum': (float, lambda v: 0 <= v < 1, 'in [0, 1)'),
-    'weight_decay': (float, lambda v: v >= 0, 'zero or positive'),
+    'learning_rate': POSITIVE,
+    'momentum': FRACTION,
+    'weight_decay': NON_NEGATIVE,
     'filter_rms_radius': (float, lambda v: v >= 0, 'zero (off) or positive'),
-    'lr_patience': (int, lambda v: v >= 0, 'zero or positive'),
+    'lr_patience': NON_NEGATIVE_INT,
     'lr_decay_factor': (float, lambda v: v > 1, 'above 1'),
-    'seed': (int, lambda v: True, 'an integer'),
-    'log_every_steps': (int, lambda v: v > 0, 'positive'),
-    'eval_every_steps': (int, lambda v: v > 0, 'positive'),
-    'checkpoint_every_steps': (int, lambda v: v > 0, 'positive'),
-    'keep_checkpoints': (int, lambda v: v > 0, 'positive'),
+    'seed': ANY_INT,
+    'log_every_steps': POSITIVE_INT,
+    'eval_every_steps': POSITIVE_INT,
+    'checkpoint_every_steps': POSITIVE_INT,
+    'keep_checkpoints': POSITIVE_INT,
 }
 
 
 def check_fields(config, rules=None, error=None) -> None:
   """`error` (default ConfigError) naming the first field whose value has the wrong type
-  or range under `rules` (default FIELD_RULES: {field: (int or float, test, what the
-  value must be)}); fields the config lacks are skipped."""
+  or range under `rules` (default FIELD_RULES: {field: rule}); fields the config lacks
+  are skipped."""
   rules = FIELD_RULES if rules is None else rules
   error = error or ConfigError
   for field, (kind, test, must_be) in rules.items():

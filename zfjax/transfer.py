@@ -52,6 +52,7 @@ from jax import lax
 from zfjax import architecture
 from zfjax import input_pipeline
 from zfjax import models
+from zfjax import training
 
 METHODS = ('frozen', 'finetune', 'scratch')
 CLASSIFIERS = ('softmax', 'svm')
@@ -447,7 +448,6 @@ def probe(train_x, train_y, test_x, classifier: str, num_classes: int, config) -
 def new_head_params(source: Source, num_classes: int, seed: int, pretrained: bool):
   """(model, params) of the source architecture with a `num_classes`-way last layer:
   every other layer from the source (pretrained) or all from a fresh init (scratch)."""
-  from zfjax import training  # pylint: disable=import-outside-toplevel
   model = training.create_model(source.config, num_classes)
   shape = (1, source.image_size, source.image_size, 3)
   params = model.init(jax.random.key(seed), jnp.zeros(shape))['params']
@@ -461,7 +461,6 @@ def new_head_params(source: Source, num_classes: int, seed: int, pretrained: boo
 def network_optimizer(learning_rate: float, momentum: float, weight_decay: float,
                       freeze: tuple = ()) -> optax.GradientTransformation:
   """training.create_optimizer's SGD, with the layers in `freeze` held fixed."""
-  from zfjax import training  # pylint: disable=import-outside-toplevel
   optimizer = training.create_optimizer(ml_collections.ConfigDict(dict(
       learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay)))
   if not freeze:
@@ -476,7 +475,6 @@ def network_optimizer(learning_rate: float, momentum: float, weight_decay: float
 def _network_step(model, params, opt_state, images, labels, key, hyper):
   """One update of train_network; `hyper` = (learning_rate, momentum, weight_decay,
   filter_rms_radius, freeze), static, so one compiled program per model and setting."""
-  from zfjax import training  # pylint: disable=import-outside-toplevel
   learning_rate, momentum, weight_decay, radius, freeze = hyper
   optimizer = network_optimizer(learning_rate, momentum, weight_decay, freeze)
 
@@ -533,29 +531,28 @@ def network_scores(model: models.ConvNet, params, images: np.ndarray,
 # ----------------------------------------------------------------------------- protocol
 
 
-# field: (int or float, test, what the value must be), as training.FIELD_RULES.
+# field: rule, as training.FIELD_RULES.
 FIELD_RULES = {
     'test_per_class': (int, lambda v: v >= 0, 'zero (every other image) or positive'),
     'num_splits': (int, lambda v: v >= 1, 'at least 1'),
-    'seed': (int, lambda v: True, 'an integer'),
+    'seed': training.ANY_INT,
     'pool_grid': (int, lambda v: v >= 1, 'at least 1'),
-    'batch_size': (int, lambda v: v > 0, 'positive'),
-    'softmax_l2': (float, lambda v: v >= 0, 'zero or positive'),
-    'softmax_steps': (int, lambda v: v > 0, 'positive'),
-    'svm_c': (float, lambda v: v > 0, 'positive'),
-    'network_steps': (int, lambda v: v > 0, 'positive'),
-    'network_batch_size': (int, lambda v: v > 0, 'positive'),
-    'finetune_learning_rate': (float, lambda v: v > 0, 'positive'),
-    'scratch_learning_rate': (float, lambda v: v > 0, 'positive'),
-    'momentum': (float, lambda v: 0 <= v < 1, 'in [0, 1)'),
-    'weight_decay': (float, lambda v: v >= 0, 'zero or positive'),
-    'filter_rms_radius': (float, lambda v: v >= 0, 'zero (off) or positive'),
+    'batch_size': training.POSITIVE_INT,
+    'softmax_l2': training.NON_NEGATIVE,
+    'softmax_steps': training.POSITIVE_INT,
+    'svm_c': training.POSITIVE,
+    'network_steps': training.POSITIVE_INT,
+    'network_batch_size': training.POSITIVE_INT,
+    'finetune_learning_rate': training.POSITIVE,
+    'scratch_learning_rate': training.POSITIVE,
+    'momentum': training.FRACTION,
+    'weight_decay': training.NON_NEGATIVE,
+    'filter_rms_radius': training.FIELD_RULES['filter_rms_radius'],
 }
 
 
 def check_config(config, source: Optional[Source] = None) -> None:
   """TransferError naming the field for settings that cannot run, before any work."""
-  from zfjax import training  # pylint: disable=import-outside-toplevel
   training.check_fields(config, FIELD_RULES, TransferError)
   for method in config.methods:
     if method not in METHODS:
@@ -665,7 +662,6 @@ def _num_splits(config, data: TransferData) -> int:
 def pretrain_source(config, workdir: pathlib.Path) -> pathlib.Path:
   """Trains the source net that config.source_config describes into workdir/source (or
   resumes it there) and returns that workdir."""
-  from zfjax import training  # pylint: disable=import-outside-toplevel
   path = workdir / 'source'
   if not (path / 'results.json').is_file():
     logging.info('training the source net into %s', path)
@@ -743,6 +739,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   """`python -m zfjax.transfer --config CONFIG.py --workdir DIR`: see the module doc."""
   from absl import flags  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  from zfjax import cli  # pylint: disable=import-outside-toplevel
   argv = list(argv if argv is not None else sys.argv)
   flag_values = flags.FlagValues()
   config_flag = config_flags.DEFINE_config_file('config', None, 'Transfer config file.',
@@ -754,10 +751,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not config_flag.value or not workdir.value:
       raise flags.Error('--config and --workdir are required')
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
-    from zfjax import cli  # pylint: disable=import-outside-toplevel
     print(f'error: {cli.config_flag_error(error)}', file=sys.stderr)
     return 2
-  from zfjax import cli  # pylint: disable=import-outside-toplevel
   logging.use_absl_handler()
   logging.get_absl_handler().python_handler.addFilter(cli.quiet_libraries)
   logging.set_verbosity(logging.INFO)

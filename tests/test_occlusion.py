@@ -19,21 +19,50 @@ def setup():
   return model, variables, random_images(1)[0]
 
 
-@pytest.mark.parametrize('patch,stride,fill', [(32, 16, 0.0), (48, 20, 0.0), (7, 29, 30.0),
-                                               (224, 1, -50.0)])
-def test_incremental_equals_naive(setup, patch, stride, fill):
+@pytest.mark.parametrize('patch,stride,fill,winograd', [
+    (32, 16, 0.0, True), (48, 20, 0.0, False), (7, 29, 30.0, True), (224, 1, -50.0, False)])
+def test_incremental_equals_naive(setup, patch, stride, fill, winograd):
   model, variables, image = setup
-  fast = occlusion.sensitivity(model, variables, image, 3, patch=patch, stride=stride,
-                               fill=fill)
   slow = occlusion.sensitivity(model, variables, image, 3, patch=patch, stride=stride,
                                fill=fill, method='naive')
   rows = (224 - patch) // stride + 1
-  assert fast.prob.shape == fast.top_class.shape == fast.feature.shape == (rows, rows)
-  np.testing.assert_allclose(fast.prob, slow.prob, atol=1e-5)
-  np.testing.assert_array_equal(fast.top_class, slow.top_class)
-  np.testing.assert_allclose(fast.feature, slow.feature, rtol=1e-5,
-                             atol=1e-5 * float(slow.unoccluded_feature))
-  assert float(jnp.abs(fast.prob - fast.unoccluded_prob).max()) > 1e-4  # it matters
+  # All positions in one chunk: one compiled loop body (no remainder), a shorter test.
+  for fast in [occlusion.sensitivity(model, variables, image, 3, patch=patch, stride=stride,
+                                     fill=fill, winograd=w, chunk_size=rows * rows)
+               for w in {False, winograd}]:
+    assert fast.prob.shape == fast.top_class.shape == fast.feature.shape == (rows, rows)
+    np.testing.assert_allclose(fast.prob, slow.prob, atol=1e-5)
+    np.testing.assert_array_equal(fast.top_class, slow.top_class)
+    np.testing.assert_allclose(fast.feature, slow.feature, rtol=1e-5,
+                               atol=1e-5 * float(slow.unoccluded_feature))
+    assert float(jnp.abs(fast.prob - fast.unoccluded_prob).max()) > 1e-4  # it matters
+
+
+@pytest.mark.parametrize('patch,tiles', [
+    (32, {'conv2': 4, 'conv3': 4, 'conv4': 3, 'conv5': 4}),
+    (7, {'conv2': 3, 'conv3': 3, 'conv4': 4, 'conv5': 4}),
+    (224, {'conv2': 2})])  # conv3-5's whole 13x13 maps: no tile size fits
+def test_winograd_plan(patch, tiles):
+  """winograd=True: the windows of conv2-5 (ceil(kernel / stride) = 3) by F(m x m, 3 x 3),
+  m with the fewest multiplies, each window rounded up to whole tiles inside its map."""
+  plan = occlusion._plan(SPEC, (224, 224, 3), patch, winograd=True)
+  assert {step.record.name: step.tile for step in plan if step.tile} == tiles
+  for step in plan:
+    m = step.tile or 1
+    assert all(c % m == 0 and s <= c < s + m and c <= n for c, s, n in
+               zip(step.computed_size, step.size, step.map_size))
+
+
+@pytest.mark.parametrize('m', [2, 3, 4])
+def test_winograd_matrices_are_minimal_filtering(m):
+  """y = A^T [(G g) * (B^T d)] is the valid correlation of m + 2 inputs with 3 taps."""
+  a_t, g, b_t = occlusion._winograd_matrices(m)
+  assert a_t.shape == (m, m + 2) and g.shape == (m + 2, 3) and b_t.shape == (m + 2, m + 2)
+  rng = np.random.default_rng(m)
+  for _ in range(5):
+    d, taps = rng.normal(size=m + 2), rng.normal(size=3)
+    np.testing.assert_allclose(a_t @ ((g @ taps) * (b_t @ d)), np.correlate(d, taps, 'valid'),
+                               rtol=1e-12, atol=1e-12)
 
 
 def test_maps_mean_what_the_paper_says(setup):
@@ -65,21 +94,24 @@ def test_field_threshold_one_is_exact_and_smaller_ones_approximate(setup):
   assert 0 < float(jnp.abs(rough.prob - exact.prob).max()) < 0.5   # approximate, not wild
 
 
-@pytest.mark.parametrize('spec', [
-    architecture.alexnet(num_classes=5, conv_features=(8, 8, 8, 8, 8), fc_features=(8, 8)),
-    architecture.zfnet(num_classes=5, conv_features=(8, 8, 8, 8, 8), fc_features=(8, 8),
-                       norm_before_pool=True),
+@pytest.mark.parametrize('spec,winograd', [
+    (architecture.alexnet(num_classes=5, conv_features=(8, 8, 8, 8, 8), fc_features=(8, 8)),
+     True),   # AlexNet's conv1 (11x11, stride 4) is Winograd's too
+    (architecture.zfnet(num_classes=5, conv_features=(8, 8, 8, 8, 8), fc_features=(8, 8),
+                        norm_before_pool=True), False),
 ], ids=['alexnet', 'norm_before_pool'])
-def test_incremental_equals_naive_on_other_variants(spec):
+def test_incremental_equals_naive_on_other_variants(spec, winograd):
   model = models.ConvNet(spec)
   variables = jax.tree.map(lambda a: 0.5 * a, alive_variables(model))
   image = random_images(1, seed=3)[0]
-  fast = occlusion.sensitivity(model, variables, image, 1, patch=40, stride=24, layer='conv3')
   slow = occlusion.sensitivity(model, variables, image, 1, patch=40, stride=24, layer='conv3',
                                method='naive')
-  np.testing.assert_allclose(fast.prob, slow.prob, atol=1e-5)
-  np.testing.assert_allclose(fast.feature, slow.feature, rtol=1e-5,
-                             atol=1e-5 * float(slow.unoccluded_feature))
+  for w in {False, winograd}:
+    fast = occlusion.sensitivity(model, variables, image, 1, patch=40, stride=24,
+                                 layer='conv3', winograd=w)
+    np.testing.assert_allclose(fast.prob, slow.prob, atol=1e-5)
+    np.testing.assert_allclose(fast.feature, slow.feature, rtol=1e-5,
+                               atol=1e-5 * float(slow.unoccluded_feature))
 
 
 @pytest.mark.parametrize('kwargs,message', [
@@ -91,6 +123,8 @@ def test_incremental_equals_naive_on_other_variants(spec):
     (dict(method='fast'), "unknown method 'fast'"),
     (dict(field_threshold=0.0), 'field_threshold must be in'),
     (dict(field_threshold=0.5, method='naive'), 'field_threshold must be in'),
+    (dict(winograd='yes'), 'winograd must be True or False'),
+    (dict(winograd=True, method='naive'), 'winograd must be True or False'),
     (dict(image=jnp.zeros((1, 224, 224, 3))), r'one \(H, W, 3\) image'),
     (dict(image=jnp.zeros((224, 224))), r'one \(H, W, 3\) image'),
 ])

@@ -134,14 +134,17 @@ def occluders(draw):
 
 @FEWER
 @given(geometry=occluders(), fill=st.floats(-100, 100, allow_nan=False),
-       label=st.integers(0, 4), zero=st.booleans(), layer=st.sampled_from(CONVS))
+       label=st.integers(0, 4), zero=st.booleans(), layer=st.sampled_from(CONVS),
+       approximate=st.sampled_from([{}, {'field_threshold': 0.5, 'winograd': True}]))
 # the patch as wide as the image and a stride past its end: one column of positions
-@example(geometry=(13, 9, 9, 11), fill=-50.0, label=4, zero=False, layer='conv5')
-def test_sensitivity_valid_inputs(geometry, fill, label, zero, layer):
+@example(geometry=(13, 9, 9, 11), fill=-50.0, label=4, zero=False, layer='conv5',
+         approximate={'field_threshold': 0.5, 'winograd': True})
+def test_sensitivity_valid_inputs(geometry, fill, label, zero, layer, approximate):
   height, width, patch, stride = geometry
   image = images(1, height, width, zero)[0]
   maps = occlusion.sensitivity(MODEL, variables_for(height, width), image, label,
-                               patch=patch, stride=stride, fill=fill, layer=layer)
+                               patch=patch, stride=stride, fill=fill, layer=layer,
+                               **approximate)
   grid = ((height - patch) // stride + 1, (width - patch) // stride + 1)
   assert maps.prob.shape == maps.top_class.shape == maps.feature.shape == grid
   assert maps.projection.shape == (height, width, 3)
@@ -153,6 +156,25 @@ def test_sensitivity_valid_inputs(geometry, fill, label, zero, layer):
   assert 0 <= int(maps.channel) < 8 and bool((maps.feature >= 0).all())
 
 
+@settings(max_examples=1, deadline=None, derandomize=True)  # + the explicit examples
+@given(geometry=occluders(), zero=st.booleans(), layer=st.sampled_from(CONVS))
+@example(geometry=(13, 9, 9, 11), zero=False, layer='conv5')
+@example(geometry=(32, 13, 1, 1), zero=False, layer='conv3')  # 1x1 changed windows
+def test_sensitivity_winograd_equals_direct(geometry, zero, layer):
+  """Every conv of this model is 3x3/1, so Winograd tiles conv1 (3 channels) too, and
+  windows that cannot be rounded up inside their map stay direct."""
+  height, width, patch, stride = geometry
+  image = images(1, height, width, zero)[0]
+  direct, fast = (occlusion.sensitivity(MODEL, variables_for(height, width), image, 2,
+                                        patch=patch, stride=stride, layer=layer,
+                                        winograd=winograd, chunk_size=1024)
+                  for winograd in (False, True))
+  np.testing.assert_allclose(fast.prob, direct.prob, atol=1e-5)
+  np.testing.assert_allclose(fast.feature, direct.feature, rtol=1e-5,
+                             atol=1e-5 * float(direct.unoccluded_feature))
+  np.testing.assert_array_equal(fast.top_class, direct.top_class)
+
+
 BAD_SENSITIVITY = [  # (argument, value): every one of these is tried (image 13x13)
     *[('patch', v) for v in (14, 0, -3, 2.5, '4', None, True)],
     *[('stride', v) for v in (0, -1, 1.5, '2', None)],
@@ -161,6 +183,7 @@ BAD_SENSITIVITY = [  # (argument, value): every one of these is tried (image 13x
     *[('layer', v) for v in ('fc6', 'pool5', 'conv6')],
     *[('method', v) for v in ('fast', 'Naive')],
     *[('field_threshold', v) for v in (0.0, -0.5, 1.5)],
+    *[('winograd', v) for v in (1, None, 'true')],
     *[('chunk_size', v) for v in (0, -2, 2.5, None)],
     *[('image', shape) for shape in ((1, 13, 13, 3), (13, 13), (13, 13, 1), (13, 13, 4),
                                      (2, 2, 3))],
@@ -169,7 +192,8 @@ BAD_SENSITIVITY = [  # (argument, value): every one of these is tried (image 13x
 
 def sensitivity_with(name, value):
   kwargs = {'patch': 4, 'stride': 3, 'label': 1, 'fill': 0.0, 'layer': None,
-            'method': 'incremental', 'field_threshold': None, 'chunk_size': 64}
+            'method': 'incremental', 'field_threshold': None, 'winograd': False,
+            'chunk_size': 64}
   image = jnp.zeros(value) if name == 'image' else jnp.zeros((13, 13, 3))
   if name != 'image':
     kwargs[name] = value

@@ -28,7 +28,7 @@ Two opt-in ways to trade accuracy for speed, usable together:
   strides (ceil(k / s) = 3: ZFNet's conv2-5, most of the remaining work) by Winograd's
   minimal filtering F(m x m, 3 x 3) (Lavin & Gray, CVPR 2016), a strided one on its
   space-to-depth form, m from 2 to 4 per layer and each window rounded up to whole
-  m x m tiles: the same function in exact arithmetic with 2.5-4x fewer multiplies,
+  m x m tiles: the same function in exact arithmetic with about 3x fewer multiplies,
   rounded differently in float32 (about 1e-5 relative per layer against the direct
   form's 1e-6).
 - `field_threshold=tau` is Krypton's projective-field thresholding (it drops changes).

@@ -248,24 +248,19 @@ def _incremental(model, params, cache, plan, start, fill, patch, layer, channel)
   feature = None
   for step in plan:
     record = step.record
+    if isinstance(record, Norm):  # per cell: the same window
+      values = model.normalize(values[None], record)[0]
+      continue
     k, s, p = _kernel_stride_pad(record)
     # First output cell whose window reaches the changed input cells, kept inside the map.
     first = -((-(start + p - k + 1)) // s)
     centred = first + (jnp.array(step.exact_size) - jnp.array(step.size)) // 2
     new_start = jnp.clip(centred, 0, jnp.array(step.map_size) - jnp.array(step.size))
-    if isinstance(record, Norm):
-      values = model.normalize(values[None], record)[0]
-      continue
     new_at = jnp.clip(centred, 0, jnp.array(step.map_size) - jnp.array(step.computed_size))
-    if step.tile:  # the kernel zero-padded to 3s taps (_winograd_conv)
-      region = _merged_region(cache[step.input_name], values, at, new_at, step.computed_size,
-                              step, 3 * s, s, p, record)
-      values = model.relu(_winograd_conv(region, params[record.name]['kernel'], step.tile, s)
-                          + params[record.name]['bias'])
-    else:
-      region = _merged_region(cache[step.input_name], values, at, new_at, step.size, step, k,
-                              s, p, record)
-      values = _layer_valid(model, record, params, region)
+    # Winograd reads the region of its kernel zero-padded to 3s taps (_winograd_conv).
+    region = _merged_region(cache[step.input_name], values, at, new_at, step,
+                            3 * s if step.tile else k, s, p)
+    values = _layer_valid(model, step, params, region)
     start, at = new_start, new_at
     if record.name == layer:
       feature = _merged_sum(cache[layer][..., channel], values[..., channel], at)
@@ -281,13 +276,13 @@ def _incremental(model, params, cache, plan, start, fill, patch, layer, channel)
   return x[0], feature
 
 
-def _merged_region(cached_input, values, at, new_start, size, step, k, s, p, record):
-  """The input cells that an output window of `size` at `new_start` reads: the cached
+def _merged_region(cached_input, values, at, new_start, step, k, s, p):
+  """The input cells that the layer's computed window at `new_start` reads: the cached
   input map, padded as the layer pads it, with the new `values` (at `at`) written in."""
-  extent = tuple((n - 1) * s + k for n in size)
+  extent = tuple((n - 1) * s + k for n in step.computed_size)
   after = tuple(max(p, (m - 1) * s + k - n - p) for m, n in
                 zip(step.map_size, step.input_size))
-  pad_value = -jnp.inf if isinstance(record, Pool) else 0.0
+  pad_value = -jnp.inf if isinstance(step.record, Pool) else 0.0
   padded = jnp.pad(cached_input, ((p, after[0]), (p, after[1]), (0, 0)),
                    constant_values=pad_value)
   region_start = new_start * s  # in padded coordinates
@@ -307,12 +302,15 @@ def _place(values, offset, extent):
                            (*extent, values.shape[-1]))
 
 
-def _layer_valid(model, record, params, region):
-  """The layer on an already padded region, without further padding."""
+def _layer_valid(model, step, params, region):
+  """The step's layer on an already padded region, without further padding (with a
+  Winograd tile, `params` holds the transformed kernel)."""
+  record = step.record
   if isinstance(record, Conv):
     kernel = params[record.name]['kernel']
-    return model.relu(_conv_as_matmul(region, kernel, record.stride)
-                      + params[record.name]['bias'])
+    conv = (_winograd_conv(region, kernel, step.tile, record.stride) if step.tile else
+            _conv_as_matmul(region, kernel, record.stride))
+    return model.relu(conv + params[record.name]['bias'])
   return lax.reduce_window(region, -jnp.inf, lax.max, (record.window, record.window, 1),
                            (record.stride, record.stride, 1), 'VALID')
 

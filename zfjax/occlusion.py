@@ -358,8 +358,10 @@ def _winograd_kernel(kernel, m, stride):
   k, _, c, d = kernel.shape
   kernel = jnp.pad(kernel, ((0, 3 * stride - k), (0, 3 * stride - k), (0, 0), (0, 0)))
   kernel = kernel.reshape(3, stride, 3, stride, c, d).transpose(0, 2, 1, 3, 4, 5)
-  g = jnp.asarray(_winograd_matrices(m)[1], kernel.dtype)
-  transformed = jnp.einsum('ai,ijcd,bj->abcd', g, kernel.reshape(3, 3, -1, d), g)
+  g = _winograd_matrices(m)[1]
+  # One (n^2, 9) @ (9, s*s*C*D) matmul: G g G^T for every channel pair, in the layout
+  # the products read (an einsum over both kernel axes measured about 5x slower).
+  transformed = jnp.asarray(np.kron(g, g), kernel.dtype) @ kernel.reshape(9, -1)
   return transformed.reshape((m + 2) ** 2, -1, d)
 
 

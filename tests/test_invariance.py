@@ -153,10 +153,29 @@ def test_sweep_shapes_identity_and_probabilities(small):
 
 def test_padded_map_equals_a_plain_map():
   xs = jnp.arange(7.0)
-  for batch_size in (1, 3, 7, 10):
+  for batch_size in (1, 3, 6, 7, 10):
     ys = invariance.padded_map(lambda x: {'a': x * 2, 'b': x[None] + 1}, xs, batch_size)
     np.testing.assert_array_equal(ys['a'], xs * 2)
     np.testing.assert_array_equal(ys['b'], xs[:, None] + 1)
+
+
+@pytest.mark.parametrize('num,batch_size,chunk', [(625, 128, 125), (7, 3, 3), (7, 6, 4),
+                                                  (7, 10, 7), (101, 64, 51)])
+def test_padded_map_runs_even_chunks(num, batch_size, chunk):
+  """As few chunks as batch_size allows, all of one size: 625 positions at 128 run as five
+  chunks of 125 (no padding), 101 at 64 as two of 51 (one copy)."""
+  sizes = []
+
+  def f(x):
+    sizes.append(x.shape)  # traced once per distinct chunk shape, vmapped: per element
+    return x
+
+  jaxpr = jax.make_jaxpr(lambda xs: invariance.padded_map(f, xs, batch_size))(
+      jnp.arange(float(num)))
+  assert sizes == [()]  # one loop body
+  scans = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == 'scan']
+  mapped = [v.aval.shape for e in scans for v in e.invars if v.aval.shape]
+  assert mapped and all(shape[1] == chunk for shape in mapped), mapped
 
 
 def test_distance_grows_with_translation_on_a_photo():

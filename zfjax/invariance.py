@@ -204,12 +204,15 @@ def _sweep(model, variables, images, labels, amounts, fill, *, transform, layers
 
 
 def padded_map(f: Callable, xs: Array, batch_size: int):
-  """lax.map of f over the leading axis of xs in chunks of batch_size (vmapped within a
-  chunk). A last partial chunk is padded with copies of the last element and the padding
-  dropped, so one chunk shape is compiled (lax.map would compile a separate remainder)."""
+  """lax.map of f over the leading axis of xs in chunks of at most batch_size (vmapped
+  within a chunk), all of one size: as few chunks as batch_size allows, evened out, the
+  last padded with copies of the last element (fewer copies than there are chunks) and
+  the padding dropped. One chunk shape is compiled; lax.map would compile a second loop
+  body for a remainder."""
   num = xs.shape[0]
-  batch_size = min(batch_size, num)
-  padding = -num % batch_size
+  chunks = -(-num // batch_size)
+  batch_size = -(-num // chunks)
+  padding = chunks * batch_size - num
   padded = jnp.concatenate([xs, jnp.repeat(xs[-1:], padding, axis=0)])
   ys = lax.map(f, padded, batch_size=batch_size)
   return jax.tree.map(lambda y: y[:num], ys)

@@ -20,7 +20,8 @@ window of each layer whose size is fixed by the patch and the layers' kernels an
 only that window, from a slice of the unoccluded image's cached map (the halo) with the
 lower layer's new window written in, and the fully connected layers see the merged map.
 Static window sizes, dynamic offsets: one compiled program, vmapped over positions in
-chunks of `chunk_size` so memory stays flat. method='naive' runs the whole network on
+equal chunks of at most `chunk_size` (so memory stays flat, and one loop body compiles:
+625 positions at 128 run as 5 chunks of 125). method='naive' runs the whole network on
 every occluded image (the reference the tests hold it to).
 
 Two opt-in ways to trade accuracy for speed, usable together:
@@ -46,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from zfjax import architecture, deconv, models
+from zfjax import architecture, deconv, invariance, models
 from zfjax.architecture import AvgPool, Conv, Dense, Norm, Pool
 
 Array = jax.Array
@@ -165,7 +166,7 @@ def _sensitivity(model, variables, image, label, fill, *, patch, stride, layer, 
     def evaluate(start):
       return _incremental(model, params, cache, plan, start, fill, patch, layer, channel)
 
-  out_logits, feature = lax.map(evaluate, starts, batch_size=chunk_size)
+  out_logits, feature = invariance.padded_map(evaluate, starts, chunk_size)
   probs = jax.nn.softmax(out_logits)
   projection = deconv.project(model, variables, image[None], layer, channel[None])[0, 0]
   return Sensitivity(

@@ -49,7 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--stride', type=int, default=8)
   parser.add_argument('--thresholds', default='0.5,0.3',
                       help='comma-separated Krypton taus for the approximate mode ("" = none)')
-  parser.add_argument('--chunk_size', type=int, default=128, help='zfjax positions per chunk, at most (evened out)')
+  parser.add_argument('--chunk_size', type=int, default=128,
+                      help='zfjax positions per chunk, at most (evened out)')
   parser.add_argument('--perturbations_per_eval', type=int, default=64)
   parser.add_argument('--torch_threads', type=int, default=os.cpu_count())
   parser.add_argument('--repeats', type=int, default=2)

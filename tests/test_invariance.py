@@ -159,6 +159,13 @@ def test_padded_map_equals_a_plain_map():
     np.testing.assert_array_equal(ys['b'], xs[:, None] + 1)
 
 
+def test_padded_map_maps_a_pytree_of_inputs():
+  xs = {'a': jnp.arange(7.0), 'b': jnp.arange(14).reshape(7, 2)}
+  for batch_size in (1, 3, 7, 10):
+    ys = invariance.padded_map(lambda x: x['a'] * x['b'].sum(), xs, batch_size)
+    np.testing.assert_array_equal(ys, xs['a'] * xs['b'].sum(1))
+
+
 @pytest.mark.parametrize('num,batch_size,chunk', [(625, 128, 125), (7, 3, 3), (7, 6, 4),
                                                   (7, 10, 7), (101, 64, 51)])
 def test_padded_map_runs_even_chunks(num, batch_size, chunk):

@@ -203,17 +203,18 @@ def _sweep(model, variables, images, labels, amounts, fill, *, transform, layers
                probability=probability.T, top_class=top_class.T)
 
 
-def padded_map(f: Callable, xs: Array, batch_size: int):
-  """lax.map of f over the leading axis of xs in chunks of at most batch_size (vmapped
-  within a chunk), all of one size: as few chunks as batch_size allows, evened out, the
-  last padded with copies of the last element (fewer copies than there are chunks) and
-  the padding dropped. One chunk shape is compiled; lax.map would compile a second loop
-  body for a remainder."""
-  num = xs.shape[0]
+def padded_map(f: Callable, xs, batch_size: int):
+  """lax.map of f over the leading axis of xs (an array or a pytree of them) in chunks of
+  at most batch_size (vmapped within a chunk), all of one size: as few chunks as
+  batch_size allows, evened out, the last padded with copies of the last element (fewer
+  copies than there are chunks) and the padding dropped. One chunk shape is compiled;
+  lax.map would compile a second loop body for a remainder."""
+  num = jax.tree.leaves(xs)[0].shape[0]
   chunks = -(-num // batch_size)
   batch_size = -(-num // chunks)
   padding = chunks * batch_size - num
-  padded = jnp.concatenate([xs, jnp.repeat(xs[-1:], padding, axis=0)])
+  padded = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], padding, axis=0)]),
+                        xs)
   ys = lax.map(f, padded, batch_size=batch_size)
   return jax.tree.map(lambda y: y[:num], ys)
 

@@ -19,10 +19,10 @@ window of each layer whose size is fixed by the patch and the layers' kernels an
 (its projective field); the window's start moves with the occluder. Each layer recomputes
 only that window, from a slice of the unoccluded image's cached map (the halo) with the
 lower layer's new window written in, and the fully connected layers see the merged map.
-Static window sizes, dynamic offsets: one compiled program, vmapped over positions in
-equal chunks of at most `chunk_size` (so memory stays flat, and one loop body compiles:
-625 positions at 128 run as 5 chunks of 125). method='naive' runs the whole network on
-every occluded image (the reference the tests hold it to).
+Static window sizes, and window starts laid out once in NumPy: one compiled program,
+vmapped over positions in equal chunks of at most `chunk_size` (so memory stays flat, and
+one loop body compiles: 625 positions at 128 run as 5 chunks of 125). method='naive' runs
+the whole network on every occluded image (the reference the tests hold it to).
 
 Two opt-in ways to trade accuracy for speed, usable together:
 - `winograd=True` computes the windows of every convolution whose kernel spans three
@@ -146,7 +146,7 @@ def _sensitivity(model, variables, image, label, fill, *, patch, stride, layer, 
   logits = cache[names[-1]]
   rows = positions(image.shape[0], patch, stride)
   cols = positions(image.shape[1], patch, stride)
-  grid = jnp.stack(jnp.meshgrid(jnp.arange(rows), jnp.arange(cols), indexing='ij'), -1)
+  grid = np.stack(np.meshgrid(np.arange(rows), np.arange(cols), indexing='ij'), -1)
   starts = grid.reshape(-1, 2) * stride
 
   if method == 'naive':
@@ -155,6 +155,8 @@ def _sensitivity(model, variables, image, label, fill, *, patch, stride, layer, 
                                                           image.dtype), (start[0], start[1], 0))
       out = models.activations(model, variables, occluded[None], (layer, names[-1]))
       return out[names[-1]][0], out[layer][0, ..., channel].sum()
+
+    per_position = jnp.asarray(starts, jnp.int32)
   else:
     plan = _plan(model.spec, image.shape, patch, field_threshold, winograd)
     params = dict(variables['params'])
@@ -163,10 +165,11 @@ def _sensitivity(model, variables, image, label, fill, *, patch, stride, layer, 
         params[step.record.name] = dict(params[step.record.name], kernel=_winograd_kernel(
             params[step.record.name]['kernel'], step.tile, step.record.stride))
 
-    def evaluate(start):
-      return _incremental(model, params, cache, plan, start, fill, patch, layer, channel)
+    def evaluate(windows):
+      return _incremental(model, params, cache, plan, windows, fill, patch, layer, channel)
 
-  out_logits, feature = invariance.padded_map(evaluate, starts, chunk_size)
+    per_position = _windows(plan, starts)
+  out_logits, feature = invariance.padded_map(evaluate, per_position, chunk_size)
   probs = jax.nn.softmax(out_logits)
   projection = deconv.project(model, variables, image[None], layer, channel[None])[0, 0]
   return Sensitivity(
@@ -237,36 +240,58 @@ def _kernel_stride_pad(record):
   return 1, 1, 0
 
 
-def _incremental(model, params, cache, plan, start, fill, patch, layer, channel):
-  """Logits and feature sum for the occluder whose top-left pixel is `start`.
+class _Window(NamedTuple):
+  """Where one occluder's windows of a step lie, (2,) int32 each (row, column). Static
+  geometry, laid out once in NumPy for all positions: the vmapped program only loads it
+  (computed in the program, its index arithmetic was fused into every gathered cell)."""
+  at: Array            # first cell of the computed window of new values
+  region_start: Array  # first cell of the input region it reads (in padded coordinates)
+  offset: Array        # the lower window's new values' first cell inside that region
 
-  `start` is the first cell of each layer's changed window, `at` that of the window of
-  new `values` (the same, or with Winograd a window rounded up to whole tiles around it:
-  its extra cells recompute unchanged values, or with a field threshold keep changes just
-  beyond the cap)."""
-  values = jnp.full((patch, patch, 3), fill, cache['input'].dtype)
-  at = start
-  feature = None
+
+def _windows(plan, starts) -> list[_Window]:
+  """Per step, the windows of every occluder whose top-left pixel is a row of `starts`
+  (N, 2): arrays (N, 2). A step's changed window starts at the first output cell whose
+  input window reaches the changed input cells, kept inside the map; the computed window
+  is the same, or with Winograd rounded up to whole tiles (its extra cells recompute
+  unchanged values), or with a field threshold the capped window centred on the exact one
+  (changes just beyond the cap are kept from the lower layer's values)."""
+  start = at = np.asarray(starts, np.int64)
+  windows = []
   for step in plan:
+    if isinstance(step.record, Norm):  # per cell: the same window
+      windows.append(_Window(at, at, np.zeros_like(at)))
+      continue
+    k, s, p = _kernel_stride_pad(step.record)
+    first = -((-(start + p - k + 1)) // s)
+    centred = first + (np.array(step.exact_size) - np.array(step.size)) // 2
+    new_start = np.clip(centred, 0, np.array(step.map_size) - np.array(step.size))
+    new_at = np.clip(centred, 0, np.array(step.map_size) - np.array(step.computed_size))
+    region_start = new_at * s
+    windows.append(_Window(new_at, region_start, at + p - region_start))
+    start, at = new_start, new_at
+  return [_Window(*(jnp.asarray(a, jnp.int32) for a in window)) for window in windows]
+
+
+def _incremental(model, params, cache, plan, windows, fill, patch, layer, channel):
+  """Logits and feature sum for one occluder, whose windows (one _Window per step) were
+  laid out by _windows."""
+  values = jnp.full((patch, patch, 3), fill, cache['input'].dtype)
+  feature = None
+  for step, window in zip(plan, windows):
     record = step.record
-    if isinstance(record, Norm):  # per cell: the same window
+    if isinstance(record, Norm):
       values = model.normalize(values[None], record)[0]
       continue
     k, s, p = _kernel_stride_pad(record)
-    # First output cell whose window reaches the changed input cells, kept inside the map.
-    first = -((-(start + p - k + 1)) // s)
-    centred = first + (jnp.array(step.exact_size) - jnp.array(step.size)) // 2
-    new_start = jnp.clip(centred, 0, jnp.array(step.map_size) - jnp.array(step.size))
-    new_at = jnp.clip(centred, 0, jnp.array(step.map_size) - jnp.array(step.computed_size))
     # Winograd reads the region of its kernel zero-padded to 3s taps (_winograd_conv).
-    region = _merged_region(cache[step.input_name], values, at, new_at, step,
+    region = _merged_region(cache[step.input_name], values, window, step,
                             3 * s if step.tile else k, s, p)
     values = _layer_valid(model, step, params, region)
-    start, at = new_start, new_at
     if record.name == layer:
-      feature = _merged_sum(cache[layer][..., channel], values[..., channel], at)
+      feature = _merged_sum(cache[layer][..., channel], values[..., channel], window.at)
   last = plan[-1].record.name
-  x = _write(cache[last], values, at)[None]
+  x = _write(cache[last], values, windows[-1].at)[None]
   for record in model.spec[len(plan):]:
     if isinstance(record, AvgPool):
       x = models.adaptive_avg_pool(x, record.size)
@@ -277,21 +302,19 @@ def _incremental(model, params, cache, plan, start, fill, patch, layer, channel)
   return x[0], feature
 
 
-def _merged_region(cached_input, values, at, new_start, step, k, s, p):
-  """The input cells that the layer's computed window at `new_start` reads: the cached
-  input map, padded as the layer pads it, with the new `values` (at `at`) written in."""
+def _merged_region(cached_input, values, window, step, k, s, p):
+  """The input cells that the layer's computed window reads: the cached input map, padded
+  as the layer pads it, with the new `values` of the lower window written in."""
   extent = tuple((n - 1) * s + k for n in step.computed_size)
   after = tuple(max(p, (m - 1) * s + k - n - p) for m, n in
                 zip(step.map_size, step.input_size))
   pad_value = -jnp.inf if isinstance(step.record, Pool) else 0.0
   padded = jnp.pad(cached_input, ((p, after[0]), (p, after[1]), (0, 0)),
                    constant_values=pad_value)
-  region_start = new_start * s  # in padded coordinates
-  region = lax.dynamic_slice(padded, (region_start[0], region_start[1], 0),
+  region = lax.dynamic_slice(padded, (window.region_start[0], window.region_start[1], 0),
                              (*extent, cached_input.shape[-1]))
-  offset = at + p - region_start  # values' top-left cell inside the region
-  placed = _place(values, offset, extent)
-  inside = _place(jnp.ones(values.shape[:2] + (1,), bool), offset, extent)
+  placed = _place(values, window.offset, extent)
+  inside = _place(jnp.ones(values.shape[:2] + (1,), bool), window.offset, extent)
   return jnp.where(inside, placed, region)
 
 
@@ -379,13 +402,29 @@ def _winograd_conv(region, transformed_kernel, m, stride):
   if stride > 1:
     region = region.reshape(rows, stride, cols, stride, -1)
     region = region.transpose(0, 2, 1, 3, 4).reshape(rows, cols, -1)
-  inputs = jnp.stack([region[i:i + (tiles_h - 1) * m + 1:m, j:j + (tiles_w - 1) * m + 1:m]
-                      for i in range(n) for j in range(n)])          # (n*n, th, tw, C)
-  inputs = jnp.einsum('pq,qxyc->pxyc', jnp.asarray(np.kron(b_t, b_t), region.dtype), inputs)
+  # B^T d B for every tile, separably (rows, then columns): B^T's entries are small
+  # integers, so each transformed row is a few adds of strided slices of the region. Two
+  # passes without a matmul; stacking the n^2 tile slices and multiplying by B^T (x) B^T
+  # measured about 2x slower, and whole calls 10% slower (benchmarks/RESULTS.md).
+  rows_done = jnp.stack([_combine_slices(region, b_t[i], 0, m, tiles_h) for i in range(n)])
+  inputs = jnp.stack([_combine_slices(rows_done, b_t[j], 2, m, tiles_w) for j in range(n)], 1)
+  inputs = inputs.reshape(n * n, tiles_h, tiles_w, -1)                # (n*n, th, tw, C)
   products = jnp.einsum('pxyc,pcd->pxyd', inputs, transformed_kernel)
   outputs = jnp.einsum('sp,pxyd->sxyd', jnp.asarray(np.kron(a_t, a_t), region.dtype),
                        products).reshape(m, m, tiles_h, tiles_w, -1)
   return outputs.transpose(2, 0, 3, 1, 4).reshape(tiles_h * m, tiles_w * m, -1)
+
+
+def _combine_slices(x, coefficients, axis, m, tiles):
+  """sum_q coefficients[q] * x[q + m * t] along `axis`, for t < tiles (zeros skipped)."""
+  total = None
+  for q, c in enumerate(coefficients):
+    if c:
+      index = [slice(None)] * x.ndim
+      index[axis] = slice(q, q + (tiles - 1) * m + 1, m)
+      term = x[tuple(index)] if c == 1 else float(c) * x[tuple(index)]
+      total = term if total is None else total + term
+  return total
 
 
 def _write(full, values, start):

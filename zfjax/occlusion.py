@@ -259,7 +259,7 @@ def _windows(plan, starts) -> list[_Window]:
   start = at = np.asarray(starts, np.int64)
   windows = []
   for step in plan:
-    if isinstance(step.record, Norm):  # per cell: the same window
+    if isinstance(step.record, Norm):  # per cell: the same window (only `at` is read)
       windows.append(_Window(at, at, np.zeros_like(at)))
       continue
     k, s, p = _kernel_stride_pad(step.record)
@@ -430,9 +430,8 @@ def _combine_slices(x, coefficients, axis, m, tiles):
   total = None
   for q, c in enumerate(coefficients):
     if c:
-      index = [slice(None)] * x.ndim
-      index[axis] = slice(q, q + (tiles - 1) * m + 1, m)
-      term = x[tuple(index)] if c == 1 else float(c) * x[tuple(index)]
+      term = lax.slice_in_dim(x, q, q + (tiles - 1) * m + 1, m, axis)
+      term = term if c == 1 else float(c) * term
       total = term if total is None else total + term
   return total
 

@@ -1,6 +1,126 @@
-"""Fixtures shared by several test files."""
+"""The suite's rules and shared fixtures.
+
+Two tiers: the default run (`python -m pytest -q`, a few minutes) and the full one
+(`python -m pytest -q --full`): every test, the `slow` ones included, and hypothesis
+exploring at random with more examples. CI runs both.
+
+Rules every run keeps:
+- nothing is skipped, except a skip whose reason is in ALLOWED_SKIPS (printed at the end);
+  any other skip fails the run;
+- no test connects anywhere but this machine (in-process connections are refused here;
+  CI also runs the suite in a network namespace with only loopback);
+- no test leaves a file in the current directory;
+- subprocesses share one JAX compilation cache, new for each run.
+"""
+
+import ipaddress
+import os
+import pathlib
+import socket
+import tempfile
 
 import pytest
+
+# Skips that may happen, by a phrase of their reason: only checks that need hardware this
+# machine lacks. Any other skip fails the run.
+ALLOWED_SKIPS = {
+    'needs a GPU': 'GPU-only checks; run them on a machine with one',
+}
+
+
+def pytest_addoption(parser):
+  parser.addoption('--full', action='store_true',
+                   help='the full tier: the slow tests too, hypothesis at random with more '
+                        'examples')
+
+
+def pytest_configure(config):
+  os.environ['ZFJAX_FULL_TESTS'] = '1' if config.getoption('--full') else '0'
+  # One compilation cache for this run's subprocesses (train.py runs compile the same
+  # programs); new each run, so a run never reads an older build's programs.
+  # (pytest-xdist workers inherit the controller's.)
+  if not os.environ.get('PYTEST_XDIST_WORKER'):
+    os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='zfjax-test-jax-cache-')
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.2'
+  os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+  config.stash[_CWD] = (pathlib.Path.cwd(), set(os.listdir()))
+  _refuse_remote_connections()
+
+
+def pytest_collection_modifyitems(config, items):
+  """Without --full (and without -m), the slow tests are deselected."""
+  if config.getoption('--full') or config.getoption('-m'):
+    return
+  slow = [item for item in items if item.get_closest_marker('slow')]
+  if slow:
+    config.hook.pytest_deselected(items=slow)
+    items[:] = [item for item in items if not item.get_closest_marker('slow')]
+
+
+def pytest_runtest_logreport(report):
+  if report.skipped and not hasattr(report, 'wasxfail'):
+    reason = str(report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr)
+    if not any(phrase in reason for phrase in ALLOWED_SKIPS):
+      _PENDING.append(f'{report.nodeid}: {reason}')
+
+
+_CWD = pytest.StashKey()
+_PROBLEMS = pytest.StashKey()
+_PENDING = []  # skips outside the allowlist, collected as reports arrive
+
+
+def pytest_sessionfinish(session):
+  problems = list(_PENDING)
+  cwd, before = session.config.stash[_CWD]
+  if cwd.exists():
+    problems += [f'a test left {cwd / name} in the current directory'
+                 for name in sorted(set(os.listdir(cwd)) - before - {'.pytest_cache'})]
+  session.config.stash[_PROBLEMS] = problems
+  if problems and session.exitstatus == 0:
+    session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter, config):
+  allowed = '; '.join(f'{phrase!r} ({why})' for phrase, why in ALLOWED_SKIPS.items())
+  terminalreporter.write_line(f'allowed skips: {allowed}')
+  problems = config.stash.get(_PROBLEMS, [])
+  if problems:
+    terminalreporter.section('rule broken', red=True)
+    for line in problems:
+      terminalreporter.write_line(line, red=True)
+
+
+def _is_local(address) -> bool:
+  host = address[0] if isinstance(address, tuple) else address
+  if isinstance(host, bytes):
+    host = host.decode()
+  if not isinstance(host, str) or host in ('localhost', ''):
+    return True
+  try:
+    return ipaddress.ip_address(host.split('%')[0]).is_loopback
+  except ValueError:  # a host name: only names of this machine resolve offline
+    return host == socket.gethostname()
+
+
+def _refuse_remote_connections():
+  """Connections from the test process to anything but loopback (or a Unix socket) raise,
+  so a test that reaches for the network fails here, not only on a machine without one."""
+  connect, connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+  def check(sock, address):
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and not _is_local(address):
+      raise OSError(f'a test tried to connect to {address}: tests run offline')
+
+  def guarded_connect(sock, address):
+    check(sock, address)
+    return connect(sock, address)
+
+  def guarded_connect_ex(sock, address):
+    check(sock, address)
+    return connect_ex(sock, address)
+
+  socket.socket.connect = guarded_connect
+  socket.socket.connect_ex = guarded_connect_ex
 
 
 @pytest.fixture(scope='session')

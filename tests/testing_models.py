@@ -2,6 +2,7 @@
 visualize.py (a script) loaded as a module."""
 
 import importlib.util
+import os
 import pathlib
 import sys
 
@@ -30,6 +31,9 @@ def random_images(n, seed=0, size=224):
   """Images on the paper's scale (mean-subtracted 0-255 values)."""
   return 60.0 * jax.random.normal(jax.random.key(100 + seed), (n, size, size, 3))
 
+
+# The full tier (python -m pytest --full, set by conftest.py): more examples, full widths.
+FULL = os.environ.get('ZFJAX_FULL_TESTS') == '1'
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

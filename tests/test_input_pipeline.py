@@ -293,14 +293,14 @@ def tfds_config(data_dir, **overrides) -> ml_collections.ConfigDict:
 
 @pytest.fixture
 def fake_tfds():
-  tfds = pytest.importorskip('tensorflow_datasets')
+  import tensorflow_datasets as tfds
   with tfds.testing.mock_data(as_dataset_fn=fake_as_dataset):
     yield
 
 
 @pytest.fixture
 def mock_tfds():
-  tfds = pytest.importorskip('tensorflow_datasets')
+  import tensorflow_datasets as tfds
   with tfds.testing.mock_data(num_examples=10):
     yield
 
@@ -495,20 +495,71 @@ def test_tfds_ten_crop_batches(fake_tfds, tmp_path):
   np.testing.assert_array_equal(ten['image'][:, 9], ten['image'][:, 4, :, ::-1])
 
 
-def test_imagenet_missing_manual_download_is_explained(tmp_path):
-  pytest.importorskip('tensorflow_datasets')
-  import time
+@pytest.fixture
+def gcs_tripwire(monkeypatch):
+  """TFDS as 4.9.6 and 4.9.7 ship it, asking its bucket gs://tfds-data for the metadata of
+  any dataset not prepared in the data dir (later versions have that lookup off by default:
+  turned on here so the tests below check zfjax, whichever TFDS is installed), with every
+  way to the bucket raising and recorded: gcs_utils.exists, through which each of TFDS's
+  bucket lookups goes, and tf.io.gfile on gs:// paths, which etils.epath (so TFDS) reads
+  the bucket with. conftest's socket guard does not see these: tf.io.gfile's GCS client is
+  C++ (libcurl). Yields the list of attempts."""
+  import tensorflow as tf
+  from tensorflow_datasets.core.utils import gcs_utils
+  attempts = []
+
+  def attempt(what, path):
+    attempts.append(f'{what}({path})')
+    raise AssertionError(f'GCS access attempted: {what}({path})')
+
+  monkeypatch.setattr(gcs_utils, '_is_gcs_disabled', False)
+  monkeypatch.setattr(gcs_utils, 'exists', lambda path: attempt('gcs_utils.exists', path))
+  for name in ('exists', 'isdir', 'listdir', 'glob', 'stat', 'walk', 'GFile', 'copy'):
+    def guarded(path, *args, _name=name, _original=getattr(tf.io.gfile, name), **kwargs):
+      if str(path).startswith('gs://'):
+        attempt(f'tf.io.gfile.{_name}', path)
+      return _original(path, *args, **kwargs)
+    monkeypatch.setattr(tf.io.gfile, name, guarded)
+  yield attempts
+
+
+def test_gcs_tripwire_catches_the_dataset_info_lookup(gcs_tripwire, tmp_path):
+  import tensorflow_datasets as tfds
+  with pytest.raises(Exception, match='GCS access attempted'):
+    tfds.builder('imagenet2012', data_dir=str(tmp_path), try_gcs=False)
+  assert gcs_tripwire == ['gcs_utils.exists(gs://tfds-data/dataset_info/imagenet2012/5.1.0)']
+
+
+def test_imagenet_missing_manual_download_is_explained(gcs_tripwire, tmp_path):
+  from tensorflow_datasets.core.utils import gcs_utils
   config = tfds_config(tmp_path / 'data')
-  start = time.time()
   with pytest.raises(ip.DatasetUnavailableError) as error:
     ip.dataset_info(config)
-  assert time.time() - start < 30
   message = str(error.value)
   assert 'ILSVRC2012_img_train.tar' in message and 'ILSVRC2012_img_val.tar' in message
   assert str(tmp_path / 'data' / 'downloads' / 'manual') in message
   assert '~/tensorflow_datasets/downloads/manual/' in message
   with pytest.raises(ip.DatasetUnavailableError):
     ip.train_batches(config, process_index=0, process_count=1)
+  # download_and_prepare's errors become DatasetUnavailableError, so a tripped wire there
+  # would not surface as an exception: the record says no GCS access was attempted
+  assert gcs_tripwire == []
+  assert gcs_utils._is_gcs_disabled is False  # zfjax's switch is undone on the way out
+
+
+def test_image_folder_makes_no_gcs_lookup(gcs_tripwire, tmp_path):
+  import tensorflow as tf
+  from zfjax import transfer
+  for label, value in (('apple', 40), ('pear', 200)):
+    (tmp_path / 'train' / label).mkdir(parents=True)
+    for i in range(2):
+      image = np.full((9 + i, 12, 3), value + i, np.uint8)
+      (tmp_path / 'train' / label / f'{i}.png').write_bytes(tf.io.encode_png(image).numpy())
+  config = ml_collections.ConfigDict(dict(folder=str(tmp_path / 'train'), exclude_classes=(),
+                                          dataset_name='fruit'))
+  data = transfer._load_folder(config, 10, 8, np.zeros((8, 8, 3), np.float32))
+  assert data.class_names == ('apple', 'pear') and sorted(data.labels) == [0, 0, 1, 1]
+  assert gcs_tripwire == []
 
 
 def test_mock_mean_image_is_not_cached_in_the_default_data_dir(mock_tfds, tmp_path,

@@ -3,12 +3,10 @@ paper's TFDS path trains a few real steps, checkpoints, evaluates with 10 crops.
 
 import json
 
-import pytest
+import tensorflow_datasets as tfds
 
 from configs import zfnet
 from zfjax import checkpoints, training
-
-tfds = pytest.importorskip('tensorflow_datasets')
 
 
 def test_zfnet_smoke_config_trains_on_mock_imagenet(tmp_path):

@@ -40,7 +40,8 @@ Datasets (`config.dataset`):
   the training split, cached as .npy under the data dir: `mean_image_path`), then takes
   stateless random crops and flips. Each process reads its own disjoint part of the split
   (`tfds.even_splits`). TensorFlow is imported lazily and kept off the GPU; no JAX runs
-  inside tf.data.
+  inside tf.data. TFDS's GCS bucket is never consulted (`tfds_without_gcs`): the data dir
+  holds the data, or the error says what to put there.
 
 Config fields read (defaults in parentheses where optional): dataset, seed, batch_size,
 eval_batch_size, image_size, resize_size, random_flip (False for digits, which are not
@@ -53,6 +54,7 @@ shuffle_buffer (10000 examples; TFDS).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -471,31 +473,58 @@ def _manual_files_missing(builder, manual_dir: str) -> bool:
   return not (os.path.isdir(manual_dir) and os.listdir(manual_dir))
 
 
+@contextlib.contextmanager
+def tfds_without_gcs():
+  """TFDS with its public bucket (gs://tfds-data) switched off for the block: builders
+  made inside take their metadata from the data dir or from the dataset's code only.
+
+  Why: a builder whose data dir holds no prepared copy of its dataset (absent data, or a
+  manual download not yet prepared, e.g. imagenet2012; also tfds.ImageFolder) asks that
+  bucket for its DatasetInfo while it is constructed (DatasetBuilder.__init__ ->
+  DatasetInfo.initialize_from_bucket -> gcs_utils.gcs_dataset_info_files). TFDS 4.9.6 and
+  4.9.7 do so by default (from 4.9.8 the lookup is off by default), through tf.io.gfile's
+  GCS client, in C++ (libcurl): offline it fails at once, on a network that drops packets
+  it waits 61 s per attempt and retries. The switch is TFDS's own, the flag that
+  `tfds.testing.disable_gcs_access` sets; `try_gcs=False` and
+  `DownloadConfig(try_download_gcs=False)` (tfds.builder's documented way to "fully bypass
+  GCS") turn off the bucket's prepared copies, not this lookup. The flag is restored on
+  exit, so nothing else in the process is affected."""
+  from tensorflow_datasets.core.utils import gcs_utils  # pylint: disable=g-import-not-at-top
+  previous = getattr(gcs_utils, '_is_gcs_disabled', True)
+  gcs_utils._is_gcs_disabled = True  # pylint: disable=protected-access
+  try:
+    yield
+  finally:
+    gcs_utils._is_gcs_disabled = previous  # pylint: disable=protected-access
+
+
 def tfds_builder(config):
   """The TFDS builder of config.dataset, prepared (downloaded and converted) if it is not;
-  raises DatasetUnavailableError when its manual download is missing."""
+  raises DatasetUnavailableError when its manual download is missing. Never consults
+  TFDS's GCS bucket (`tfds_without_gcs`): the data dir is the only source."""
   _, tfds = _tf()
   data_dir = _data_dir(config)
-  try:
-    builder = tfds.builder(config.dataset, data_dir=data_dir)
-  except tfds.core.DatasetNotFoundError as e:
-    suggestion = re.search(r'Did you mean: \S+ -> (\S+) \?', str(e))
-    hint = f' (did you mean {suggestion.group(1)!r}?)' if suggestion else ''
-    raise UnknownDatasetError(f'unknown dataset {config.dataset!r}: neither {DIGITS!r} nor a '
-                              f'TFDS dataset{hint}') from None
-  if builder.is_prepared():
-    return builder
-  manual_dir = os.path.join(data_dir, 'downloads', 'manual')
-  missing = _manual_files_missing(builder, manual_dir)
-  try:  # a no-op under tfds.testing.mock_data
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=manual_dir, try_download_gcs=False))
-  except Exception as error:  # TFDS raises AssertionError for a missing manual download
-    if missing or 'manual' in str(error).lower():
-      instructions = getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', '')
-      raise DatasetUnavailableError(
-          manual_download_message(config.dataset, data_dir, instructions)) from error
-    raise
+  with tfds_without_gcs():
+    try:
+      builder = tfds.builder(config.dataset, data_dir=data_dir, try_gcs=False)
+    except tfds.core.DatasetNotFoundError as e:
+      suggestion = re.search(r'Did you mean: \S+ -> (\S+) \?', str(e))
+      hint = f' (did you mean {suggestion.group(1)!r}?)' if suggestion else ''
+      raise UnknownDatasetError(f'unknown dataset {config.dataset!r}: neither {DIGITS!r} nor '
+                                f'a TFDS dataset{hint}') from None
+    if builder.is_prepared():
+      return builder
+    manual_dir = os.path.join(data_dir, 'downloads', 'manual')
+    missing = _manual_files_missing(builder, manual_dir)
+    try:  # a no-op under tfds.testing.mock_data
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          manual_dir=manual_dir, try_download_gcs=False))
+    except Exception as error:  # TFDS raises AssertionError for a missing manual download
+      if missing or 'manual' in str(error).lower():
+        instructions = getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', '')
+        raise DatasetUnavailableError(
+            manual_download_message(config.dataset, data_dir, instructions)) from error
+      raise
   return builder
 
 

@@ -260,7 +260,10 @@ def _load_folder(config, size, crop, mean) -> TransferData:
         f'config.folder {str(folder)!r} is not a directory. For Caltech-256, download '
         '256_ObjectCategories.tar from https://data.caltech.edu/records/nyv15-4j048, extract '
         'it, and set --config.folder=/path/to/256_ObjectCategories (one subfolder per class).')
-  builder = tfds.ImageFolder(str(folder.parent))
+  # Its constructor would otherwise ask gs://tfds-data for 'image_folder' metadata (TFDS
+  # 4.9.6-4.9.7 by default): see input_pipeline.tfds_without_gcs.
+  with input_pipeline.tfds_without_gcs():
+    builder = tfds.ImageFolder(str(folder.parent))
   names = tuple(builder.info.features['label'].names)
   ds = builder.as_dataset(split=folder.name, shuffle_files=False)
   images, labels = _tfds_images(ds, size, crop, lambda ex: ex['label'], str(folder))

@@ -116,6 +116,7 @@ def test_train_py_config_flag_loads_a_variant():
   assert flag.value.remove_layers == ('fc6', 'fc7') and flag.value.num_train_steps == 3
 
 
+@pytest.mark.slow  # a training run; test_training and test_train_cli cover the loop
 def test_smoke_variant_trains_without_four_layers(tmp_path):
   """The smallest ablation end to end (train, checkpoint, evaluate on both splits), on
   the offline digits instead of ImageNet: TFDS's path is tested on mock ImageNet in

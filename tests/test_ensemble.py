@@ -1,5 +1,6 @@
 """zfjax.ensemble: softmax-averaged ensembles of train.py workdirs (Table 2), on two tiny
-digits runs (configs/digits.py:smoke, seeds 0 and 1)."""
+digits runs (configs/digits.py:smoke, seeds 0 and 1). The full tier adds the command line
+and the same net twice (each a further compile of the evaluation)."""
 
 import json
 import os
@@ -16,6 +17,7 @@ from zfjax import checkpoints, ensemble, input_pipeline, training
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_the_same_net_twice_scores_as_the_single_net(digits_smoke_run):
   workdir = digits_smoke_run(0)
   single = json.loads((workdir / 'results.json').read_text())
@@ -75,6 +77,7 @@ def test_num_classes_from_the_last_dense_layer():
   assert ensemble.num_classes({'fc7': {'bias': np.zeros(5)}}) == 5
 
 
+@pytest.mark.slow
 def test_cli_writes_the_json(digits_smoke_run, tmp_path):
   workdirs = [str(digits_smoke_run(0)), str(digits_smoke_run(1))]
   out = tmp_path / 'ensemble.json'

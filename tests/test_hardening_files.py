@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from testing_models import load_visualize
 
-torch = pytest.importorskip('torch')
-safetensors_torch = pytest.importorskip('safetensors.torch')
+import safetensors.torch as safetensors_torch
+import torch
 # pylint: disable=wrong-import-position
 from pytorchcv.models import zfnet as pytorchcv_zfnet
 

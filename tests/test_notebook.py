@@ -1,15 +1,16 @@
-"""notebooks/quickstart.ipynb runs headless, top to bottom, with random weights."""
+"""notebooks/quickstart.ipynb runs headless, top to bottom, with random weights (full
+tier: a kernel start and a full-size ZFNet, about 20 s)."""
 
 import pathlib
 
+import nbclient
+import nbformat
 import pytest
-
-nbclient = pytest.importorskip('nbclient')
-nbformat = pytest.importorskip('nbformat')
 
 NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / 'notebooks' / 'quickstart.ipynb'
 
 
+@pytest.mark.slow
 def test_quickstart_runs(tmp_path):
   notebook = nbformat.read(NOTEBOOK, as_version=4)
   nbclient.NotebookClient(notebook, timeout=600, kernel_name='python3',

@@ -6,11 +6,13 @@ import subprocess
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / 'README.md').read_text()
 
 
+@pytest.mark.slow  # full-size ZFNet, 16 projections: test_deconv* check the same code
 def test_notebook_example_runs_as_written():
   example = re.search(r'## Look inside a convnet.*?```python\n(.*?)```', README, re.S).group(1)
   namespace = {'images': 60.0 * jax.random.normal(jax.random.key(0), (1, 224, 224, 3))}
@@ -21,7 +23,7 @@ def test_notebook_example_runs_as_written():
 
 def test_ci_runs_the_readme_blocks():
   blocks = {}
-  for name in ('install', 'run', 'test'):
+  for name in ('install', 'run', 'test', 'test-full'):
     out = subprocess.run(
         ['bash', '-c', f'source <(sed -n "/^readme_block()/,/^}}/p" .ci/run); '
                        f'readme_block {name}'],
@@ -30,3 +32,4 @@ def test_ci_runs_the_readme_blocks():
   assert 'pip install -e ".[test]"' in blocks['install']
   assert blocks['run'].strip() == 'python train.py --config configs/digits.py --workdir /tmp/zf'
   assert blocks['test'].strip() == 'python -m pytest -q'
+  assert blocks['test-full'].strip() == 'python -m pytest -q --full'

@@ -7,6 +7,9 @@
   to alter the numbers, regenerate it with
   `python -m zfjax.reference --small --out tests/data/reference_small.npz` and say why.
 - The metadata documents the layout of every array.
+
+The small file is generated once, in-process through the command line's main; the full
+file (224x224, about 40 s) is the full tier's.
 """
 
 import json
@@ -18,8 +21,6 @@ import numpy as np
 import pytest
 
 from zfjax import architecture, reference
-
-pytest.importorskip('torch')
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / 'tests' / 'data' / 'reference_small.npz'
@@ -36,16 +37,13 @@ def run_checker(path):
 @pytest.fixture(scope='module')
 def fresh_file(tmp_path_factory):
   path = tmp_path_factory.mktemp('reference') / 'small.npz'
-  subprocess.run([sys.executable, '-m', 'zfjax.reference', '--small', '--out', str(path)],
-                 cwd=ROOT, check=True, capture_output=True, text=True)
+  assert reference.main(['--small', '--out', str(path)]) == 0
   return path
 
 
 @pytest.fixture(scope='module')
-def regenerated():
-  arrays = reference.generate(reference.SMALL, seed=0)
-  metadata = json.loads(str(arrays.pop('metadata')))
-  return arrays, metadata
+def regenerated(fresh_file):
+  return reference.load(fresh_file)
 
 
 @pytest.fixture(scope='module')
@@ -115,6 +113,7 @@ def test_metadata_documents_the_layout(golden):
   assert GOLDEN.stat().st_size < 600_000
 
 
+@pytest.mark.slow
 def test_full_file_is_under_20_mb_and_passes_the_torch_check(tmp_path):
   """The file other frameworks check against: full ZFNet conv geometry at 224x224."""
   path = tmp_path / 'ref.npz'

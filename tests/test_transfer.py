@@ -166,6 +166,7 @@ def test_extract_features_equal_one_big_forward_pass(source):
 # ----------------------------------------------------------------------------- protocol
 
 
+@pytest.mark.slow  # about 20 s: every method and probe, two splits
 def test_digits_protocol_end_to_end_and_feature_cache(source_dir, tmp_path):
   config = smoke_config(source=str(source_dir))
   result = transfer.run(config, tmp_path)
@@ -260,7 +261,7 @@ def fake_voc(self, split, decoders=None, read_config=None, **kwargs):
 
 
 def test_mock_caltech101_and_voc(source_dir, tmp_path):
-  tfds = pytest.importorskip('tensorflow_datasets')
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   source = transfer.load_source(source_dir)
   with tfds.testing.mock_data(num_examples=300):
     config = smoke_config(dataset='caltech101', data_dir=str(tmp_path / 'data'))

@@ -1,10 +1,12 @@
 """End-to-end tests of visualize.py on a smoke-trained digits workdir: every subcommand
 writes decodable PNGs, JSON with the numbers, and an index.html linking only files that
 exist; user mistakes give one-line errors and exit status 2. Plus the display helpers of
-zfjax.plots and the pure parts of zfjax.evolution and zfjax.filters."""
+zfjax.plots and the pure parts of zfjax.evolution and zfjax.filters.
+
+The default tier runs each subcommand on its own; `visualize.py all` and the numbers of
+its figures are the full tier's (about 25 s)."""
 
 import html.parser
-import importlib.util
 import json
 import os
 import pathlib
@@ -16,18 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from testing_models import load_visualize
 from zfjax import evolution, filters, plots
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIGURES = ('top9', 'evolution', 'invariance', 'filters', 'occlusion', 'correspondence')
-
-
-def load_visualize():
-  spec = importlib.util.spec_from_file_location('visualize', REPO / 'visualize.py')
-  module = importlib.util.module_from_spec(spec)
-  sys.modules['visualize'] = module  # dataclasses look their module up there
-  spec.loader.exec_module(module)
-  return module
 
 
 visualize = load_visualize()
@@ -40,14 +35,9 @@ def environment():
 
 
 @pytest.fixture(scope='module')
-def workdir(tmp_path_factory):
-  """A digits smoke run: 4 steps, checkpoints at steps 2 and 4."""
-  path = tmp_path_factory.mktemp('zf_smoke')
-  proc = subprocess.run(
-      [sys.executable, 'train.py', '--config=configs/digits.py:smoke', f'--workdir={path}'],
-      cwd=REPO, text=True, capture_output=True, env=environment(), timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return path
+def workdir(digits_smoke_run):
+  """A digits smoke run: 4 steps, checkpoints at steps 2 and 4 (shared, read-only)."""
+  return digits_smoke_run(0)
 
 
 @pytest.fixture(scope='module')
@@ -90,6 +80,7 @@ def read_json(path: pathlib.Path) -> dict:
 # --------------------------------------------------------------------------- `all`
 
 
+@pytest.mark.slow  # `all`: every figure at once (the full tier)
 def test_all_writes_every_figure_and_an_index(figures):
   for name in FIGURES:
     assert_png(figures / f'{name}.png')
@@ -106,6 +97,7 @@ def test_all_writes_every_figure_and_an_index(figures):
     assert f'{name}.png' in targets and f'{name}.json' in targets
 
 
+@pytest.mark.slow  # `all`: every figure at once (the full tier)
 def test_top9_numbers(figures):
   record = read_json(figures / 'top9.json')
   assert record['k'] == 9
@@ -123,6 +115,7 @@ def test_top9_numbers(figures):
     assert np.all((labels >= 0) & (labels < 10))
 
 
+@pytest.mark.slow  # `all`: every figure at once (the full tier)
 def test_evolution_has_a_row_per_checkpoint(figures):
   record = read_json(figures / 'evolution.json')
   assert record['steps'] == [2, 4]
@@ -131,6 +124,7 @@ def test_evolution_has_a_row_per_checkpoint(figures):
     assert np.shape(layer['value'])[1] == len(layer['channels'])
 
 
+@pytest.mark.slow  # `all`: every figure at once (the full tier)
 def test_invariance_numbers(figures):
   record = read_json(figures / 'invariance.json')
   assert record['layers'] == ['conv1', 'fc7']
@@ -152,6 +146,7 @@ def test_invariance_numbers(figures):
                              atol=1e-3)
 
 
+@pytest.mark.slow  # `all`: every figure at once (the full tier)
 def test_occlusion_numbers(figures):
   record = read_json(figures / 'occlusion.json')
   assert (record['patch'], record['stride']) == (8, 2)
@@ -163,6 +158,7 @@ def test_occlusion_numbers(figures):
     assert np.all((prob >= 0) & (prob <= 1))
 
 
+@pytest.mark.slow  # `all`: every figure at once (the full tier)
 def test_correspondence_numbers(figures):
   record = read_json(figures / 'correspondence.json')
   assert record['rows'] == ['top', 'centre', 'bottom', 'random']
@@ -174,6 +170,7 @@ def test_correspondence_numbers(figures):
   assert boxes.shape == (5, 4) and np.all(boxes == boxes[0])
 
 
+@pytest.mark.slow  # `all`: every figure at once (the full tier)
 def test_filters_numbers(figures):
   record = read_json(figures / 'filters.json')
   (only,) = record['checkpoints']

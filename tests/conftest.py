@@ -16,9 +16,11 @@ Rules every run keeps:
 import ipaddress
 import os
 import pathlib
+import shutil
 import socket
 import tempfile
 
+import hypothesis
 import pytest
 
 # Skips that may happen, by a phrase of their reason: only checks that need hardware this
@@ -40,10 +42,14 @@ def pytest_configure(config):
   # programs); new each run, so a run never reads an older build's programs.
   # (pytest-xdist workers inherit the controller's.)
   if not os.environ.get('PYTEST_XDIST_WORKER'):
-    os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='zfjax-test-jax-cache-')
+    config.stash[_CACHE] = tempfile.mkdtemp(prefix='zfjax-test-jax-cache-')
+    os.environ['JAX_COMPILATION_CACHE_DIR'] = config.stash[_CACHE]
   os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.2'
   os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
   config.stash[_CWD] = (pathlib.Path.cwd(), set(os.listdir()))
+  # Hypothesis keeps no example database (it would be .hypothesis/ in the current directory).
+  hypothesis.settings.register_profile('zfjax', database=None)
+  hypothesis.settings.load_profile('zfjax')
   _refuse_remote_connections()
 
 
@@ -64,6 +70,12 @@ def pytest_runtest_logreport(report):
       _PENDING.append(f'{report.nodeid}: {reason}')
 
 
+def pytest_unconfigure(config):
+  if _CACHE in config.stash:
+    shutil.rmtree(config.stash[_CACHE], ignore_errors=True)
+
+
+_CACHE = pytest.StashKey()
 _CWD = pytest.StashKey()
 _PROBLEMS = pytest.StashKey()
 _PENDING = []  # skips outside the allowlist, collected as reports arrive
@@ -73,8 +85,8 @@ def pytest_sessionfinish(session):
   problems = list(_PENDING)
   cwd, before = session.config.stash[_CWD]
   if cwd.exists():
-    problems += [f'a test left {cwd / name} in the current directory'
-                 for name in sorted(set(os.listdir(cwd)) - before - {'.pytest_cache'})]
+    left = set(os.listdir(cwd)) - before - {'.pytest_cache', '__pycache__'}
+    problems += [f'a test left {cwd / name} in the current directory' for name in sorted(left)]
   session.config.stash[_PROBLEMS] = problems
   if problems and session.exitstatus == 0:
     session.exitstatus = 1

@@ -47,9 +47,12 @@ def pytest_configure(config):
   os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.2'
   os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
   config.stash[_CWD] = (pathlib.Path.cwd(), set(os.listdir()))
-  # Hypothesis keeps no example database (it would be .hypothesis/ in the current directory).
+  # Hypothesis keeps no example database, and its other files (./.hypothesis by default)
+  # go to a folder of this run's.
   hypothesis.settings.register_profile('zfjax', database=None)
   hypothesis.settings.load_profile('zfjax')
+  config.stash[_HYPOTHESIS_HOME] = tempfile.mkdtemp(prefix='zfjax-test-hypothesis-')
+  hypothesis.configuration.set_hypothesis_home_dir(config.stash[_HYPOTHESIS_HOME])
   _refuse_remote_connections()
 
 
@@ -71,11 +74,13 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_unconfigure(config):
-  if _CACHE in config.stash:
-    shutil.rmtree(config.stash[_CACHE], ignore_errors=True)
+  for key in (_CACHE, _HYPOTHESIS_HOME):
+    if key in config.stash:
+      shutil.rmtree(config.stash[key], ignore_errors=True)
 
 
 _CACHE = pytest.StashKey()
+_HYPOTHESIS_HOME = pytest.StashKey()
 _CWD = pytest.StashKey()
 _PROBLEMS = pytest.StashKey()
 _PENDING = []  # skips outside the allowlist, collected as reports arrive

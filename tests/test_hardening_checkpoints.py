@@ -8,6 +8,9 @@ Orbax writes a step as <step>/_CHECKPOINT_METADATA (the step's metadata and our 
 and <step>/default/ (_METADATA, the tree of array shapes and dtypes; the arrays in an
 OCDBT database whose data files are default/ocdbt.process_0/d/<hash>); the tests delete
 or truncate those files.
+
+Tiers: every test runs in the default tier (nothing here trains or compiles much); none is
+marked slow.
 """
 
 import logging

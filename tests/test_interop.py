@@ -7,8 +7,18 @@ randomized (He-normal, small positive biases) so every layer is alive; inputs ar
 ImageNet-normalized images. Each import must give the source's logits to 1e-4 (max error
 over max |logit|) and come back bit for bit. Then the CLI: import -> restore_params and
 visualize's loader, export -> torch.load, and the errors users see.
+
+Tiers. The default tier checks each source layout once (pytorchcv's zfnet, torchvision's
+AlexNet at 224, the zfjax layout on a narrow ZFNet), input-scale folding, the CLI's import
+of a real zfnet and export and re-import of a small model, and the errors. The full tier
+(`--full`; marked slow) adds the big or repeated cases, each seconds of large tensors and
+compilation: pytorchcv's zfnetb (108M weights), AlexNet at 256 (the adaptive pool), the
+full-size zfjax round trip, the deconvnet projection of the imported zfnet, the CLI's
+export and re-import of the full zfnet; and the refused write, a subprocess that loads
+JAX and Orbax before the OS refuses its checkpoint.
 """
 
+import functools
 import json
 import pathlib
 import subprocess
@@ -17,9 +27,10 @@ import sys
 import jax
 import numpy as np
 import pytest
+import torch
+from test_train_cli import with_file_size_limit
 from testing_models import load_visualize
 
-torch = pytest.importorskip('torch')
 # The model module itself: pytorchcv.model_provider imports every model, torchvision too,
 # and PyPI's torchvision does not import beside the CPU torch the tests install.
 from pytorchcv.models import zfnet as pytorchcv_zfnet  # pylint: disable=wrong-import-position
@@ -85,8 +96,15 @@ def relative_error(actual, reference):
   return float(np.abs(np.asarray(actual, np.float64) - reference).max() / np.abs(reference).max())
 
 
+@functools.lru_cache(maxsize=None)
+def forward(spec):
+  """The model's jitted apply: one compilation per spec takes a fraction of the time of
+  compiling its operations one by one."""
+  return jax.jit(models.ConvNet(spec).apply)
+
+
 def logits(spec, variables, x):
-  return np.asarray(models.ConvNet(spec).apply(variables, nhwc(x)))
+  return np.asarray(forward(spec)(variables, nhwc(x)))
 
 
 def assert_same_state_dict(actual, expected):
@@ -121,6 +139,7 @@ def test_pytorchcv_zfnet_logits_and_round_trip(zfnet):
     assert relative_error(logits(other, variables, x), reference) > 10 * TOLERANCE
 
 
+@pytest.mark.slow
 def test_pytorchcv_zfnetb_logits_and_round_trip():
   source = randomize(pytorchcv_zfnet.zfnetb(pretrained=False), seed=2)
   x = images(1, seed=1)
@@ -132,7 +151,8 @@ def test_pytorchcv_zfnetb_logits_and_round_trip():
   assert_same_state_dict(interop.to_torch(variables, spec, 'zfnetb'), source.state_dict())
 
 
-@pytest.mark.parametrize('size', [224, 256])  # 256: the adaptive pool averages 7 -> 6
+@pytest.mark.parametrize('size', [  # 256: the adaptive pool averages 7 -> 6
+    224, pytest.param(256, marks=pytest.mark.slow)])
 def test_torchvision_alexnet_logits_and_round_trip(size):
   source = randomize(TorchvisionAlexNet(num_classes=10), seed=3)
   x = images(1, size=size, seed=2)
@@ -162,6 +182,7 @@ def test_zfjax_layout_is_torch_zfnet():
   assert isinstance(state_dict['fc6.weight'], torch.Tensor)
 
 
+@pytest.mark.slow
 def test_zfjax_params_round_trip_bitwise():
   spec = architecture.zfnet(7)
   params = tz.random_flax_params(num_classes=7, fc_features=(4096, 4096), seed=5)
@@ -182,6 +203,7 @@ def test_zfjax_params_round_trip_bitwise():
 # --------------------------------------------------------------------------- projection
 
 
+@pytest.mark.slow
 def test_deconv_projection_of_imported_zfnet_matches_torch_reference(zfnet):
   """The imported model's conv5 projections equal tools/torch_zfnet's literal deconvnet
   on the same weights (pytorchcv's layout: normalize before pooling, alpha 2e-5)."""
@@ -237,6 +259,7 @@ def test_cli_import_restores_the_same_model(zfnet, imported, monkeypatch):
     assert session.model.spec == model.spec and session.step == 0
 
 
+@pytest.mark.slow
 def test_cli_export_and_reimport(zfnet, imported, tmp_path):
   _, out = imported
   exported = tmp_path / 'export' / 'zfjax.pth'
@@ -313,15 +336,28 @@ def test_errors_name_the_problem(zfnet, tmp_path):
                        str(tmp_path / 'full')]) == 2
 
 
-def test_export_of_a_small_model_uses_its_image_size(tmp_path, capsys, monkeypatch):
-  """A digits-sized small_zfnet (32x32 inputs, 4x4 map into fc6) goes out and back."""
+@pytest.fixture(scope='module')
+def small_export(tmp_path_factory):
+  """(params, exported .pth) of a digits-sized small_zfnet (32x32 inputs, a 4x4 map into
+  fc6), written as a workdir and exported by the CLI."""
   from configs import digits  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp('small')
   config = digits.get_config('smoke')
   spec = training.model_spec(config, 10)
-  params = models.ConvNet(spec).init(jax.random.key(0), np.zeros((1, 32, 32, 3)))['params']
-  interop.write_checkpoint(tmp_path / 'digits', params, config)
-  exported = tmp_path / 'digits.pth'
-  assert interop.main(['export', str(tmp_path / 'digits'), '--out', str(exported)]) == 0
+  # Random weights of the model's shapes (its init would compile for seconds).
+  shapes = jax.eval_shape(models.ConvNet(spec).init, jax.random.key(0),
+                          np.zeros((1, 32, 32, 3), np.float32))['params']
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(s.dtype), shapes)
+  interop.write_checkpoint(root / 'digits', params, config)
+  exported = root / 'digits.pth'
+  assert interop.main(['export', str(root / 'digits'), '--out', str(exported)]) == 0
+  return params, exported
+
+
+def test_export_of_a_small_model_uses_its_image_size(small_export, tmp_path):
+  """The small model goes out and back, folded or not."""
+  params, exported = small_export
   state_dict = torch.load(exported, weights_only=True)
   assert tuple(state_dict['fc6.weight'].shape) == (16, 8 * 4 * 4)
   assert interop.main(['import', str(exported), '--arch', 'zfjax', '--out',
@@ -339,17 +375,35 @@ def test_export_of_a_small_model_uses_its_image_size(tmp_path, capsys, monkeypat
                              np.asarray(params['conv1']['kernel']), rtol=1e-6)
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, folded['conv2']),
                jax.tree.map(np.asarray, params['conv2']))
-  # A refused write (disk full) while importing: one line, exit 2.
-  capsys.readouterr()
-  def refuse(manager, *args, **kwargs):
-    raise checkpoints.CheckpointWriteError(
-        f'cannot write a checkpoint in {manager.directory}: No space left on device')
-  monkeypatch.setattr(checkpoints, 'save', refuse)
-  assert interop.main(['import', str(exported), '--arch', 'zfjax', '--out',
-                       str(tmp_path / 'full')]) == 2
-  assert capsys.readouterr().err == (f'error: cannot write a checkpoint in '
-                                     f'{tmp_path / "full" / "checkpoints"}: No space left on '
-                                     'device\n')
+
+
+# Big enough for the workdir's config.json (about 1 kB), too small for the array data of
+# the small model's checkpoint (one OCDBT file of about 19 kB).
+FILE_SIZE_LIMIT = 8_000
+
+
+@pytest.mark.slow
+def test_import_refused_by_the_file_system_is_one_line_and_leaves_no_checkpoint(
+    small_export, tmp_path):
+  """`import` under a file size limit too small for the checkpoint's array data (the
+  kernel refuses the write, as a full disk would): exit 2, one line naming where and why,
+  and no step directory that would pass for a complete checkpoint."""
+  _, exported = small_export
+  out = tmp_path / 'full'
+  proc = subprocess.run(with_file_size_limit(FILE_SIZE_LIMIT, [
+      sys.executable, '-m', 'zfjax.interop', 'import', str(exported), '--arch', 'zfjax',
+      '--out', str(out)]), cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  # Orbax's warnings may precede it (every import logs one): no other line.
+  lines = [line for line in proc.stderr.splitlines() if not line.startswith('WARNING:')]
+  assert lines == [f'error: cannot write a checkpoint in {out / "checkpoints"}: File too '
+                   'large'], proc.stderr[-3000:]
+  assert not (out / 'checkpoints' / '0').exists()
+  with pytest.raises(FileNotFoundError):
+    checkpoints.find_checkpoint(out)
+  with pytest.raises((FileNotFoundError, checkpoints.CheckpointError)):
+    checkpoints.restore_params(out)
 
 
 def test_imported_config_has_every_training_field():

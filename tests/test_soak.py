@@ -1,6 +1,10 @@
-"""A kill-and-resume soak (slow: python -m pytest -m slow tests/test_soak.py): a digits
-smoke run SIGKILLed 20 times at random moments, restarted each time with the same
-command, ends with exactly the losses and parameters of a run never killed."""
+"""A kill-and-resume soak: a digits smoke run SIGKILLed 20 times at random moments,
+restarted each time with the same command, ends with exactly the losses and parameters of
+a run never killed.
+
+Tiers: full tier only (`--full`, or `-m slow`): 2,000 steps and 21 starts of train.py take
+minutes. The default tier's kill-and-resume check is test_train_cli.py's single SIGKILL.
+"""
 
 import json
 import subprocess
@@ -8,8 +12,6 @@ import time
 
 import numpy as np
 import pytest
-
-from test_train_cli import REPO, assert_params_close, command, environment, losses, train
 
 STEPS = ('--config.num_train_steps=2000', '--config.eval_every_steps=500',
          '--config.checkpoint_every_steps=10', '--config.log_every_steps=10',
@@ -25,6 +27,10 @@ def records(workdir) -> int:
 
 @pytest.mark.slow
 def test_twenty_random_sigkills_then_the_same_final_state(tmp_path):
+  # Imported here: the default tier collects this module only to deselect the test, and
+  # test_train_cli imports JAX and Orbax.
+  from test_train_cli import (  # pylint: disable=import-outside-toplevel
+      REPO, assert_params_close, command, environment, losses, train)
   reference = tmp_path / 'reference'
   train(reference, *STEPS)
   workdir = tmp_path / 'soak'

@@ -55,6 +55,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import pathlib
 import sys
 from typing import Any, Mapping, Optional, Sequence
@@ -63,6 +65,7 @@ import ml_collections
 import numpy as np
 
 from zfjax import architecture
+from zfjax import cli
 from zfjax.architecture import Conv, Dense
 
 ARCHS = ('zfnet', 'zfnetb', 'torchvision_alexnet', 'zfjax')
@@ -594,6 +597,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
+  # A write the file system refuses fails in Orbax's writer threads, which log its
+  # traceback before the error reaches the except below: kept off stderr, as in train.py,
+  # so the one line there says it.
+  loggers = [logging.getLogger('absl'), logging.getLogger('asyncio')]
+  for logger in loggers:
+    logger.addFilter(cli.quiet_libraries)
   try:
     if args.command == 'import':
       where = import_pth(args.source, args.arch, args.out, args.config,
@@ -606,8 +615,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except (ValueError, OSError) as error:  # OSError: missing files, refused writes
     print(f'error: {error}', file=sys.stderr)
     return 2
+  finally:
+    for logger in loggers:
+      logger.removeFilter(cli.quiet_libraries)
   return 0
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  status = main()
+  if status:  # after a refused write, Orbax's writer threads may still call into their
+    # closed event loop while Python shuts down, printing tracebacks under the one-line
+    # error: leave at once, as train.py does (everything written is closed by now)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)  # pylint: disable=protected-access
+  sys.exit(status)

@@ -1,5 +1,7 @@
 """Specs: the paper's Fig. 3 shapes, parameter counts, variants, receptive fields."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,14 +66,27 @@ def test_cone_windows_of_conv5():
           sizes['conv1'], sizes['input']) == (3, 5, 7, 15, 33, 67, 139)
 
 
-def _gradient_support(spec, layer, y, x, image):
+def _gradient_support(spec, layers, layer, y, x, image):
+  """Pixels where the gradient of unit (y, x, channel 0) of `layer` is nonzero. One
+  program per spec and tuple of layers, for every layer of the tuple and unit."""
   model = models.ConvNet(spec)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
-  variables = jax.tree.map(lambda a: jnp.abs(a) + 0.01, variables)  # every path alive
+  # The paper's init made positive: |normal(1e-2)| + 0.01 kernels, 0.01 biases; with a
+  # positive image every path is alive.
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
+  rng = np.random.default_rng(0)
+  variables = jax.tree.map(
+      lambda a: (np.abs(rng.normal(0.0, 1e-2, a.shape)) + 0.01).astype(np.float32)
+      if len(a.shape) > 1 else np.full(a.shape, 0.01, np.float32), shapes)
+  return np.asarray(_support(variables, image, layers.index(layer), y, x, model=model,
+                             layers=layers))
 
+
+@functools.partial(jax.jit, static_argnames=('model', 'layers'))
+def _support(variables, image, index, y, x, *, model, layers):
   def unit(x_):
-    return models.activations(model, variables, x_, (layer,))[layer][0, y, x, 0]
-  return np.asarray(jnp.abs(jax.grad(unit)(image))[0].sum(-1) > 0)
+    maps = models.activations(model, variables, x_, layers)
+    return jnp.stack([maps[name][0, y, x, 0] for name in layers])[index]
+  return jnp.abs(jax.grad(unit)(image))[0].sum(-1) > 0
 
 
 def _window_mask(spec, layer, y, x):
@@ -97,15 +112,16 @@ ALL_CONV = (
                                        ('conv2', 3, 20), ('conv5', 0, 0), ('conv5', 5, 11),
                                        ('conv5', 11, 11)])
 def test_receptive_field_is_the_support_of_the_units_gradient(layer, y, x):
-  support = _gradient_support(ALL_CONV, layer, y, x, jnp.ones((1, 224, 224, 3)))
+  support = _gradient_support(ALL_CONV, ('conv1', 'pool1', 'conv2', 'conv5'), layer, y, x,
+                              jnp.ones((1, 224, 224, 3)))
   np.testing.assert_array_equal(support, _window_mask(ALL_CONV, layer, y, x))
 
 
 @pytest.mark.parametrize('layer,y,x', [('conv2', 25, 0), ('conv5', 6, 6), ('pool5', 5, 5)])
 def test_zfnet_gradients_stay_inside_the_receptive_field(layer, y, x):
   spec = architecture.zfnet(num_classes=2, conv_features=(4, 4, 4, 4, 4), fc_features=(2, 2))
-  image = 1.0 + jax.random.uniform(jax.random.key(3), (1, 224, 224, 3))
-  support = _gradient_support(spec, layer, y, x, image)
+  image = 1.0 + np.random.default_rng(3).uniform(size=(1, 224, 224, 3)).astype(np.float32)
+  support = _gradient_support(spec, ('conv2', 'conv5', 'pool5'), layer, y, x, image)
   window = _window_mask(spec, layer, y, x)
   assert support.any() and not (support & ~window).any()
   rows, cols = np.nonzero(support)

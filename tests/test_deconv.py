@@ -1,6 +1,12 @@
 """The deconvnet: the literal cone path against the gradient formulation, switches,
 unpooling, the rules and bad input. (tests/test_deconv_torch.py checks against an
-independent PyTorch deconvnet.)"""
+independent PyTorch deconvnet.)
+
+Each (layer, rule, method, batch shape) compiles its own program: the default tier's
+checks share a few (the deconvnet from conv1, conv2 and conv5 and guided backpropagation
+from conv5, both methods, two images and CHANNELS: the network and programs of the default
+tier of tests/test_deconv_torch.py); the rest of the grid, the blank image and the other
+variants are marked slow."""
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +20,12 @@ from testing_models import alive_variables, random_images
 SPEC = architecture.zfnet(num_classes=4, conv_features=(12, 16, 24, 24, 16),
                           fc_features=(8, 8))
 CHANNELS = jnp.array([0, 5, 11])
+slow = pytest.mark.slow
+# Default tier: the deconvnet at conv1, conv2 and conv5 (whose cone crosses every kind of
+# layer) and guided backpropagation at conv5 (the two rules with a custom ReLU backward);
+# the other cells in the full tier (the plain gradient's 'gradient' method is jax.grad).
+DEFAULT_CELLS = {('conv1', 'deconvnet'), ('conv2', 'deconvnet'), ('conv5', 'deconvnet'),
+                 ('conv5', 'guided')}
 
 
 @pytest.fixture(scope='module')
@@ -22,8 +34,9 @@ def setup():
   return model, alive_variables(model), random_images(2)
 
 
-@pytest.mark.parametrize('rule', deconv.RULES)
-@pytest.mark.parametrize('layer', ['conv1', 'conv2', 'conv3', 'conv4', 'conv5'])
+@pytest.mark.parametrize('layer,rule', [
+    pytest.param(layer, rule, marks=() if (layer, rule) in DEFAULT_CELLS else slow)
+    for layer in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5') for rule in deconv.RULES])
 def test_literal_equals_gradient_formulation(setup, layer, rule):
   model, variables, images = setup
   literal = deconv.project(model, variables, images, layer, CHANNELS, rule=rule)
@@ -37,7 +50,7 @@ def test_literal_equals_gradient_formulation(setup, layer, rule):
 
 def test_rules_differ_and_deconvnet_ignores_forward_signs(setup):
   model, variables, images = setup
-  out = {rule: deconv.project(model, variables, images, 'conv3', CHANNELS, rule=rule)
+  out = {rule: deconv.project(model, variables, images, 'conv5', CHANNELS, rule=rule)
          for rule in deconv.RULES}
   assert not np.allclose(out['deconvnet'], out['guided'])
   assert not np.allclose(out['guided'], out['backprop'])
@@ -52,25 +65,29 @@ def test_projection_is_the_seed_times_the_filter_at_conv1(setup):
   model, variables, images = setup
   acts = models.activations(model, variables, images[:1], ('conv1',))['conv1'][0]
   channel = 5
+  assert int(CHANNELS[1]) == channel
   flat = int(jnp.argmax(acts[..., channel]))
   y, x = divmod(flat, acts.shape[1])
   value = float(acts[y, x, channel])
-  proj = np.asarray(deconv.project(model, variables, images[:1], 'conv1', [channel]))[0, 0]
+  # Image 0, CHANNELS[1]: the program of the other tests (both images, CHANNELS).
+  proj = np.asarray(deconv.project(model, variables, images, 'conv1', CHANNELS))[0, 1]
   kernel = np.asarray(variables['params']['conv1']['kernel'])[..., channel]   # (7, 7, 3)
   expected = np.zeros((226, 226, 3), np.float32)                              # padded image
   expected[2 * y:2 * y + 7, 2 * x:2 * x + 7] = value * kernel
   np.testing.assert_allclose(proj, expected[1:225, 1:225], rtol=1e-5, atol=1e-5)
 
 
-def test_project_units_equals_project_for_the_strongest(setup):
+# conv2's cone (conv, norm, pool, conv) in the default tier, conv4's in the full one.
+@pytest.mark.parametrize('layer', ['conv2', pytest.param('conv4', marks=slow)])
+def test_project_units_equals_project_for_the_strongest(setup, layer):
   model, variables, images = setup
-  acts = models.activations(model, variables, images, ('conv4',))['conv4']
+  acts = models.activations(model, variables, images, (layer,))[layer]
   units = deconv.strongest(acts, CHANNELS)
-  by_units = deconv.project_units(model, variables, images, 'conv4', units.image,
+  by_units = deconv.project_units(model, variables, images, layer, units.image,
                                   units.channel, units.y, units.x)
-  grid = deconv.project(model, variables, images, 'conv4', CHANNELS)
+  grid = deconv.project(model, variables, images, layer, CHANNELS)
   np.testing.assert_allclose(by_units.reshape(grid.shape), grid, rtol=1e-6, atol=1e-6)
-  by_gradient = deconv.project_units(model, variables, images, 'conv4', units.image,
+  by_gradient = deconv.project_units(model, variables, images, layer, units.image,
                                      units.channel, units.y, units.x, method='gradient')
   np.testing.assert_allclose(by_gradient.reshape(grid.shape), grid, atol=1e-5 * float(
       jnp.abs(grid).max()))
@@ -100,14 +117,15 @@ def test_switches_pick_the_first_maximum_of_each_window():
 
 def test_switches_agree_with_the_pool_and_ignore_the_overhang():
   record = architecture.Pool('pool1')
-  x = jax.random.normal(jax.random.key(0), (2, 110, 110, 4))
-  where = deconv.switches(x, record)
-  pooled = models.max_pool(x, record)
+  x = np.random.default_rng(0).standard_normal((2, 110, 110, 4)).astype(np.float32)
+  # One compiled program (not one per operation); the checks in NumPy.
+  where, pooled = map(np.asarray, jax.jit(lambda x: (deconv.switches(x, record),
+                                                     models.max_pool(x, record)))(x))
   dy, dx = where // 3, where % 3
-  rows = 2 * jnp.arange(55)[None, :, None, None] + dy
-  cols = 2 * jnp.arange(55)[None, None, :, None] + dx
+  rows = 2 * np.arange(55)[None, :, None, None] + dy
+  cols = 2 * np.arange(55)[None, None, :, None] + dx
   assert int(rows.max()) <= 109 and int(cols.max()) <= 109
-  picked = x[jnp.arange(2)[:, None, None, None], rows, cols, jnp.arange(4)]
+  picked = x[np.arange(2)[:, None, None, None], rows, cols, np.arange(4)]
   np.testing.assert_array_equal(picked, pooled)
 
 
@@ -123,18 +141,28 @@ def test_unpool_adds_values_that_share_a_switch():
   np.testing.assert_array_equal(out, expected)
 
 
+# The full tier: the default tier's blank image is tests/test_deconv_torch.py's
+# test_tied_pooling_windows_match_torch (an all-zero image, both methods, exact ties).
+@pytest.mark.slow
 def test_all_zero_image_gives_finite_zero_free_ties(setup):
   model, variables, _ = setup
+  # One image: the literal method runs its forward pass on the batch, the gradient method
+  # on one image at a time, and from conv2 up a blank image's nearly constant maps round
+  # differently in a batch of two (by ~1e-8): near-ties that rounding decides are no test
+  # of the tie rule (tests/test_deconv_torch.py has exact ties).
   images = jnp.zeros((1, 224, 224, 3))
+  out = {method: deconv.project(model, variables, images, 'conv5', CHANNELS, method=method)
+         for method in deconv.METHODS}
   for method in deconv.METHODS:
-    out = deconv.project(model, variables, images, 'conv5', CHANNELS, method=method)
-    assert bool(jnp.isfinite(out).all())
-  literal = deconv.project(model, variables, images, 'conv5', CHANNELS)
-  gradient = deconv.project(model, variables, images, 'conv5', CHANNELS, method='gradient')
+    assert bool(jnp.isfinite(out[method]).all())
+  literal, gradient = out['literal'], out['gradient']
   np.testing.assert_allclose(literal, gradient, atol=1e-5 * (float(jnp.abs(gradient).max())
                                                              + 1e-12))
 
 
+# Other layer orders and geometries, each a new network to initialize and two programs to
+# compile: the full tier (the default tier runs the same code on ZFNet).
+@pytest.mark.slow
 @pytest.mark.parametrize('spec', [
     architecture.alexnet(num_classes=3, conv_features=(8, 8, 8, 8, 8), fc_features=(4, 4)),
     architecture.zfnet(num_classes=3, conv_features=(8, 8, 8, 8, 8), fc_features=(4, 4),

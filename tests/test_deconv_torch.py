@@ -6,13 +6,19 @@ Two groups:
   autograd with a relu(g) ReLU backward and an identity normalization backward; torch's
   pooling breaks ties at the first maximum; load_flax_params reproduces zfjax's maps and
   logits; Captum's NeuronDeconvolution agrees once its normalization backward is identity.
-- zfjax.deconv.project against the reference (skipped until zfjax/deconv.py exists):
-  every conv layer, both methods, the three rules, zero outside the receptive field, and
-  tied pooling windows on blank input.
+- zfjax.deconv.project against the reference: conv layers, both methods, the three rules,
+  zero outside the receptive field, and tied pooling windows on blank input.
+
+Widths: the full tier (--full) uses ZFNet's conv widths (96, 256, 384, 384, 256) and
+channels (0, 5, 17). The default tier uses narrow maps (12, 16, 24, 24, 16), channels
+(0, 5, 11) and the full geometry (the network of tests/test_deconv.py, so that a test
+session compiles each projection once) and projects from conv1, conv2 and conv5 (guided
+and plain backprop from conv5); the rest of the grid is marked slow. The fc layers are
+narrow: they play no part in projections.
 
 Weights are He-normal with small random biases and images uniform on [-100, 100] (the
 paper's normal(1e-2) init leaves conv5 nearly dead). Errors are max |a - b| / max |b| per
-projection. The fc layers are narrow (64): they play no part in projections.
+projection.
 """
 
 import pathlib
@@ -24,16 +30,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip('torch')
+import captum.attr  # pylint: disable=unused-import  (tz.captum_projection uses it)
+import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'tools'))
 import torch_zfnet as tz  # pylint: disable=wrong-import-position
 
-from zfjax import architecture, models  # pylint: disable=wrong-import-position
+from zfjax import architecture, deconv, models  # pylint: disable=wrong-import-position
+from testing_models import FULL  # pylint: disable=wrong-import-position
 
 LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
-CHANNELS = (0, 5, 17)
-FC = (64, 64)
+if FULL:
+  CONV, CHANNELS, NUM_CLASSES, FC = (96, 256, 384, 384, 256), (0, 5, 17), 10, (64, 64)
+else:
+  CONV, CHANNELS, NUM_CLASSES, FC = (12, 16, 24, 24, 16), (0, 5, 11), 4, (8, 8)
 TOLERANCE = 1e-4
+slow = pytest.mark.slow
 
 
 # ---------------------------------------------------------------------------- fixtures
@@ -43,12 +54,14 @@ class Setup:
   """One set of weights in both frameworks and a batch of images in both layouts."""
 
   def __init__(self, images, bias_range=(0.0, 0.1), seed=0, **model_kwargs):
-    self.params = tz.random_flax_params(num_classes=10, fc_features=FC, seed=seed,
-                                        bias_range=bias_range)
-    self.model = models.ZFNet(num_classes=10, fc_features=FC, **model_kwargs)
+    self.params = tz.random_flax_params(num_classes=NUM_CLASSES, conv_features=CONV,
+                                        fc_features=FC, seed=seed, bias_range=bias_range)
+    self.model = models.ZFNet(num_classes=NUM_CLASSES, conv_features=CONV, fc_features=FC,
+                              **model_kwargs)
     self.variables = {'params': jax.tree.map(jnp.asarray, self.params)}
     self.torch_model = tz.load_flax_params(
-        tz.TorchZFNet(10, fc_features=FC, **model_kwargs).eval(), self.params)
+        tz.TorchZFNet(NUM_CLASSES, conv_features=CONV, fc_features=FC, **model_kwargs).eval(),
+        self.params)
     self.images = images                      # (N, 224, 224, 3) numpy
     self.torch_images = tz.to_nchw(images)    # (N, 3, 224, 224)
     self._references = {}
@@ -83,18 +96,7 @@ def blank_setup():
 
 
 @pytest.fixture(scope='module')
-def deconv():
-  try:
-    from zfjax import deconv as module  # pylint: disable=import-outside-toplevel
-  except ModuleNotFoundError as error:
-    if error.name == 'zfjax.deconv':
-      pytest.skip('zfjax/deconv.py does not exist yet')
-    raise
-  return module
-
-
-@pytest.fixture(scope='module')
-def project(deconv):
+def project():
   """project(setup, layer, rule, method) -> (N, K, 224, 224, 3) numpy, cached."""
   cache = {}
 
@@ -128,8 +130,10 @@ def assert_close(actual, reference, tolerance=TOLERANCE):
 
 @pytest.mark.parametrize('norm_before_pool', [False, True])
 def test_torch_model_geometry_matches_architecture(norm_before_pool):
-  spec = architecture.zfnet(10, fc_features=FC, norm_before_pool=norm_before_pool)
-  model = tz.TorchZFNet(10, fc_features=FC, norm_before_pool=norm_before_pool)
+  spec = architecture.zfnet(NUM_CLASSES, conv_features=CONV, fc_features=FC,
+                            norm_before_pool=norm_before_pool)
+  model = tz.TorchZFNet(NUM_CLASSES, conv_features=CONV, fc_features=FC,
+                        norm_before_pool=norm_before_pool)
   assert model.order == architecture.map_names(spec)
   for name, (c, h, w) in model.map_shapes.items():
     assert architecture.shapes(spec)[name] == (h, w, c), name
@@ -143,10 +147,11 @@ def test_full_size_parameter_count():
 
 
 def test_random_params_have_init_structure():
-  model = models.ZFNet(num_classes=10, fc_features=FC)
+  model = models.ZFNet(num_classes=NUM_CLASSES, conv_features=CONV, fc_features=FC)
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
   ours = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
-                      {'params': tz.random_flax_params(num_classes=10, fc_features=FC)})
+                      {'params': tz.random_flax_params(num_classes=NUM_CLASSES,
+                                                       conv_features=CONV, fc_features=FC)})
   assert jax.tree.structure(shapes) == jax.tree.structure(ours)
   assert jax.tree.leaves(shapes) == jax.tree.leaves(ours)
 
@@ -245,10 +250,10 @@ def test_captum_matches_reference(setup, rule):
   """Captum's NeuronDeconvolution / NeuronGuidedBackprop / NeuronGradient agree with the
   reference; the deconvnet needs the identity normalization backward (Captum only hooks
   ReLUs), guided and backprop use the true one."""
-  pytest.importorskip('captum')
   norm_backward = 'identity' if rule == 'deconvnet' else 'true'
   model = tz.load_flax_params(
-      tz.TorchZFNet(10, fc_features=FC, norm_backward=norm_backward).eval(), setup.params)
+      tz.TorchZFNet(NUM_CLASSES, conv_features=CONV, fc_features=FC,
+                    norm_backward=norm_backward).eval(), setup.params)
   with warnings.catch_warnings():
     warnings.simplefilter('ignore')
     captum = tz.captum_projection(model, setup.torch_images, 'conv5', CHANNELS, rule)
@@ -266,14 +271,17 @@ def test_tie_rule_changes_projections(blank_setup):
 # ------------------------------------------------------------------- zfjax.deconv against it
 
 
+# Default tier: conv1, conv2 and conv5 (the programs the tied-input test compiles too);
+# conv3 and conv4, whose cones are between, in the full tier.
 @pytest.mark.parametrize('method', ['literal', 'gradient'])
-@pytest.mark.parametrize('layer', LAYERS)
+@pytest.mark.parametrize('layer', ['conv1', 'conv2', pytest.param('conv3', marks=slow),
+                                   pytest.param('conv4', marks=slow), 'conv5'])
 def test_deconvnet_matches_torch_literal(setup, project, layer, method):
   assert_close(project(setup, layer, 'deconvnet', method), setup.reference(layer))
 
 
 @pytest.mark.parametrize('rule', ['guided', 'backprop'])
-@pytest.mark.parametrize('layer', ['conv2', 'conv5'])
+@pytest.mark.parametrize('layer', [pytest.param('conv2', marks=slow), 'conv5'])
 def test_guided_and_backprop_match_torch_autograd(setup, project, layer, rule):
   assert_close(project(setup, layer, rule), setup.reference(layer, rule))
 
@@ -282,8 +290,10 @@ def test_default_method_matches_torch_literal(setup, project):
   assert_close(project(setup, 'conv5'), setup.reference('conv5'))
 
 
-@pytest.mark.parametrize('rule', tz.RULES)
-@pytest.mark.parametrize('layer', ['conv2', 'conv5'])
+@pytest.mark.parametrize('layer,rule', [
+    ('conv2', 'deconvnet'), pytest.param('conv2', 'guided', marks=slow),
+    pytest.param('conv2', 'backprop', marks=slow),
+    ('conv5', 'deconvnet'), ('conv5', 'guided'), ('conv5', 'backprop')])
 def test_projection_is_zero_outside_receptive_field(setup, project, layer, rule):
   proj = project(setup, layer, rule)
   where = tz.channel_argmax(setup.torch_model, setup.torch_images, layer, CHANNELS)

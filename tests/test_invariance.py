@@ -12,16 +12,23 @@ from zfjax import architecture, invariance, models
 from testing_models import alive_variables, random_images
 
 # ZFNet's geometry with narrow maps (224 inputs), and a tiny 32x32 model for the
-# semantics that do not need the paper's geometry.
-SPEC = architecture.zfnet(num_classes=4, conv_features=(8, 8, 8, 8, 8), fc_features=(16, 16))
-SMALL_SPEC = architecture.small_zfnet(num_classes=5, conv_features=(4, 4, 4, 4, 4),
+# semantics that do not need the paper's geometry: the networks, weights and images of
+# tests/test_deconv.py and tests/test_correspondence.py, which a test session then
+# initializes once.
+SPEC = architecture.zfnet(num_classes=4, conv_features=(12, 16, 24, 24, 16), fc_features=(8, 8))
+SMALL_SPEC = architecture.small_zfnet(num_classes=5, conv_features=(4, 4, 4, 4, 6),
                                       fc_features=(8, 8))
 
 
 @pytest.fixture(scope='module')
 def small():
   model = models.ConvNet(SMALL_SPEC)
-  return model, alive_variables(model, image_size=32), random_images(3, size=32)
+  return model, alive_variables(model, image_size=32), images32(3)
+
+
+def images32(n):
+  """n <= 4 random 32x32 images: the first of one draw of four (one compiled program)."""
+  return random_images(4, size=32)[:n]
 
 
 def astronaut():
@@ -45,14 +52,14 @@ def ramp(size=32):
     (invariance.translate_vertical, 0.0), (invariance.scale, 1.0),
     (invariance.rotate, 0.0), (invariance.rotate, 360.0), (invariance.rotate, -720.0)])
 def test_identity_amounts_are_exact(transform, amount):
-  images = random_images(2, size=32)
+  images = images32(2)
   np.testing.assert_array_equal(transform(images, amount), images)
   np.testing.assert_array_equal(transform(images[0], amount), images[0])
 
 
 @pytest.mark.parametrize('quarter_turns', [1, 2, 3, -1])
 def test_rotation_by_quarter_turns_equals_rot90(quarter_turns):
-  images = random_images(2, size=32)
+  images = images32(2)
   rotated = invariance.rotate(images, 90.0 * quarter_turns)
   np.testing.assert_array_equal(rotated, jnp.rot90(images, k=quarter_turns, axes=(1, 2)))
 
@@ -77,7 +84,7 @@ def test_rotation_turns_counter_clockwise_about_the_centre():
 
 
 def test_translation_there_and_back_restores_the_covered_rows():
-  images = random_images(2, size=32)
+  images = images32(2)
   moved = invariance.translate_vertical(images, 7.0, fill=3.0)
   np.testing.assert_array_equal(moved[:, 7:], images[:, :-7])
   np.testing.assert_array_equal(moved[:, :7], jnp.full_like(moved[:, :7], 3.0))
@@ -106,7 +113,7 @@ def test_scale_zooms_about_the_centre():
 
 
 def test_transforms_jit_and_vmap_over_amounts():
-  image = random_images(1, size=32)[0]
+  image = images32(1)[0]
   amounts = jnp.array([12.5, 200.0])
   for transform in (invariance.translate_vertical, invariance.scale, invariance.rotate):
     batched = jax.jit(jax.vmap(transform, in_axes=(None, 0, None)))(image, amounts + 1.0, 0.5)
@@ -142,7 +149,7 @@ def test_sweep_shapes_identity_and_probabilities(small):
     assert np.all(distance[:, 1:4] > 1e-3 * norm)
   assert result.probability.shape == result.top_class.shape == (3, 5)
   moved = jax.vmap(invariance.translate_vertical, in_axes=(None, 0))(images, amounts)
-  logits = model.apply(variables, moved.reshape(15, 32, 32, 3)).reshape(5, 3, -1)
+  logits = jnp.stack([model.apply(variables, batch) for batch in moved])  # (5, 3, classes)
   expected = jax.nn.softmax(logits)[:, jnp.arange(3), labels].T
   np.testing.assert_allclose(result.probability, expected, rtol=1e-4, atol=1e-30)
   np.testing.assert_array_equal(result.top_class, jnp.argmax(logits, -1).T)

@@ -1,41 +1,88 @@
-"""Occlusion sensitivity: the incremental evaluation equals a full forward per position."""
+"""Occlusion sensitivity: the incremental evaluation equals a full forward per position,
+and the maps' projection equals the independent PyTorch deconvnet (tools/torch_zfnet.py)."""
+
+import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zfjax import architecture, deconv, models, occlusion
+from zfjax import architecture, models, occlusion
 from testing_models import alive_variables, random_images
 
-SPEC = architecture.zfnet(num_classes=10, conv_features=(12, 16, 24, 24, 16),
-                          fc_features=(32, 32))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'tools'))
+import torch_zfnet as tz  # pylint: disable=wrong-import-position
+
+# ZFNet's geometry, narrow maps: the network (and weights, and images) of tests/test_deconv.py,
+# so that a test session initializes it once.
+FEATURES, FC = (12, 16, 24, 24, 16), (8, 8)
+SPEC = architecture.zfnet(num_classes=4, conv_features=FEATURES, fc_features=FC)
+
+# The default tier's occlusion: 9 x 9 = 81 positions (the last ones touch the image's
+# edge) in chunks of at most 16, which padded_map evens out to 6 chunks of 14 (3 padded
+# copies): several chunks and an uneven split. Shared by the tests below, so it compiles
+# once per mode.
+SHARED = dict(patch=48, stride=22, fill=30.0, chunk_size=16)
+DEFAULTS = dict(fill=0.0, method='incremental', winograd=False, field_threshold=None,
+                chunk_size=64)
 
 
 @pytest.fixture(scope='module')
 def setup():
   model = models.ConvNet(SPEC)
   variables = jax.tree.map(lambda a: 0.5 * a, alive_variables(model))  # unsaturated softmax
-  return model, variables, random_images(1)[0]
+  return model, variables, random_images(2)[0]
 
 
-@pytest.mark.parametrize('patch,stride,fill,winograd', [
-    (32, 16, 0.0, True), (48, 20, 0.0, False), (7, 29, 30.0, True), (224, 1, -50.0, False)])
-def test_incremental_equals_naive(setup, patch, stride, fill, winograd):
+@pytest.fixture(scope='module')
+def maps(setup):
+  """maps(**kwargs) -> occlusion.sensitivity(model, variables, image, 3, **kwargs), cached."""
   model, variables, image = setup
-  slow = occlusion.sensitivity(model, variables, image, 3, patch=patch, stride=stride,
-                               fill=fill, method='naive')
+  cache = {}
+
+  def run(**kwargs):
+    kwargs = {**DEFAULTS, **kwargs}
+    key = tuple(sorted(kwargs.items()))
+    if key not in cache:
+      cache[key] = occlusion.sensitivity(model, variables, image, 3, **kwargs)
+    return cache[key]
+  return run
+
+
+@pytest.mark.parametrize('patch,stride,fill,winograd,chunk_size', [
+    # Several chunks, the last one padded; both modes.
+    pytest.param(SHARED['patch'], SHARED['stride'], SHARED['fill'], True,
+                 SHARED['chunk_size'], id='several-chunks'),
+    # All positions in one chunk (None): one compiled loop body, no padding.
+    pytest.param(32, 16, 0.0, True, None, marks=pytest.mark.slow),
+    pytest.param(48, 20, 0.0, False, None, marks=pytest.mark.slow),
+    pytest.param(7, 29, 30.0, True, None, marks=pytest.mark.slow),
+    pytest.param(224, 1, -50.0, False, None, marks=pytest.mark.slow),
+    pytest.param(32, 16, 0.0, True, 50, marks=pytest.mark.slow),  # 169 positions: 4 of 43
+])
+def test_incremental_equals_naive(maps, patch, stride, fill, winograd, chunk_size):
   rows = (224 - patch) // stride + 1
-  # All positions in one chunk: one compiled loop body (no remainder), a shorter test.
-  for fast in [occlusion.sensitivity(model, variables, image, 3, patch=patch, stride=stride,
-                                     fill=fill, winograd=w, chunk_size=rows * rows)
-               for w in {False, winograd}]:
+  chunk_size = chunk_size or rows * rows
+  slow = maps(patch=patch, stride=stride, fill=fill, method='naive')
+  for w in sorted({False, winograd}):
+    fast = maps(patch=patch, stride=stride, fill=fill, winograd=w, chunk_size=chunk_size)
     assert fast.prob.shape == fast.top_class.shape == fast.feature.shape == (rows, rows)
     np.testing.assert_allclose(fast.prob, slow.prob, atol=1e-5)
     np.testing.assert_array_equal(fast.top_class, slow.top_class)
     np.testing.assert_allclose(fast.feature, slow.feature, rtol=1e-5,
                                atol=1e-5 * float(slow.unoccluded_feature))
     assert float(jnp.abs(fast.prob - fast.unoccluded_prob).max()) > 1e-4  # it matters
+    assert float(jnp.abs(fast.feature - fast.unoccluded_feature).max()) > 0
+
+
+def test_the_shared_run_spans_several_chunks_split_unevenly():
+  """What test_incremental_equals_naive[several-chunks] relies on (invariance.padded_map
+  evens chunks out, padding the last with copies)."""
+  num = occlusion.positions(224, SHARED['patch'], SHARED['stride']) ** 2
+  chunks = -(-num // SHARED['chunk_size'])
+  assert chunks > 1 and num % chunks, (num, chunks)
 
 
 @pytest.mark.parametrize('patch,tiles', [
@@ -65,35 +112,57 @@ def test_winograd_matrices_are_minimal_filtering(m):
                                rtol=1e-12, atol=1e-12)
 
 
-def test_maps_mean_what_the_paper_says(setup):
+def test_maps_mean_what_the_paper_says(setup, maps):
   model, variables, image = setup
-  maps = occlusion.sensitivity(model, variables, image, 3, patch=64, stride=32)
+  out = maps(**SHARED)
+  patch, stride, fill = SHARED['patch'], SHARED['stride'], SHARED['fill']
   acts = models.activations(model, variables, image[None], ('conv5', 'fc8'))
   conv5 = acts['conv5'][0]
-  assert int(maps.channel) == int(jnp.argmax(conv5.reshape(-1, 16).max(0)))
-  np.testing.assert_allclose(maps.unoccluded_feature, conv5[..., maps.channel].sum(), rtol=1e-6)
-  np.testing.assert_allclose(maps.unoccluded_prob, jax.nn.softmax(acts['fc8'][0])[3], rtol=1e-6)
-  # Occluding position (0, 0) by hand gives the same probability.
-  occluded = image.at[:64, :64].set(0.0)
-  logits = model.apply(variables, occluded[None])[0]
-  np.testing.assert_allclose(maps.prob[0, 0], jax.nn.softmax(logits)[3], rtol=1e-5)
-  assert int(maps.top_class[0, 0]) == int(jnp.argmax(logits))
-  projection = deconv.project(model, variables, image[None], 'conv5', maps.channel[None])
-  np.testing.assert_allclose(maps.projection, projection[0, 0], rtol=1e-6)
+  channel = int(out.channel)
+  assert channel == int(jnp.argmax(conv5.reshape(-1, FEATURES[-1]).max(0)))
+  np.testing.assert_allclose(out.unoccluded_feature, conv5[..., channel].sum(), rtol=1e-6)
+  np.testing.assert_allclose(out.unoccluded_prob, jax.nn.softmax(acts['fc8'][0])[3], rtol=1e-6)
+  # Occluding positions (0, 0) and (2, 5) by hand gives the same probability and feature.
+  for i, j in ((0, 0), (2, 5)):
+    occluded = image.at[i * stride:i * stride + patch, j * stride:j * stride + patch].set(fill)
+    by_hand = models.activations(model, variables, occluded[None], ('conv5', 'fc8'))
+    logits = by_hand['fc8'][0]
+    np.testing.assert_allclose(out.prob[i, j], jax.nn.softmax(logits)[3], rtol=1e-5)
+    assert int(out.top_class[i, j]) == int(jnp.argmax(logits))
+    np.testing.assert_allclose(out.feature[i, j], by_hand['conv5'][0, ..., channel].sum(),
+                               rtol=1e-5)
+  # The projection (panel c) against the independent PyTorch deconvnet: switches,
+  # scatter-add unpooling, rectification and transposed filters written out in torch.
+  torch_model = tz.load_flax_params(
+      tz.TorchZFNet(4, conv_features=FEATURES, fc_features=FC).eval(),
+      jax.tree.map(np.array, variables['params']))
+  reference = tz.literal_deconvnet(torch_model, tz.to_nchw(image[None]), 'conv5',
+                                   [channel]).numpy()[0, 0].transpose(1, 2, 0)
+  projection = np.asarray(out.projection)
+  assert projection.shape == reference.shape == (224, 224, 3)
+  scale = np.abs(reference).max()
+  assert scale > 0
+  assert np.abs(projection - reference).max() <= 1e-4 * scale
 
 
-def test_field_threshold_one_is_exact_and_smaller_ones_approximate(setup):
-  model, variables, image = setup
-  exact = occlusion.sensitivity(model, variables, image, 3, patch=32, stride=24)
-  same = occlusion.sensitivity(model, variables, image, 3, patch=32, stride=24,
-                               field_threshold=1.0)
+def test_field_threshold_one_is_exact(maps):
+  exact = maps(**SHARED)
+  same = maps(**SHARED, field_threshold=1.0)
   np.testing.assert_array_equal(same.prob, exact.prob)
-  rough = occlusion.sensitivity(model, variables, image, 3, patch=32, stride=24,
-                                field_threshold=0.3)
+  np.testing.assert_array_equal(same.feature, exact.feature)
+
+
+@pytest.mark.slow  # one more program to compile, for the approximate opt-in mode
+def test_smaller_field_thresholds_approximate(maps):
+  exact = maps(**SHARED)
+  rough = maps(**SHARED, field_threshold=0.3)
   assert rough.prob.shape == exact.prob.shape and bool(jnp.isfinite(rough.prob).all())
   assert 0 < float(jnp.abs(rough.prob - exact.prob).max()) < 0.5   # approximate, not wild
 
 
+# Other layer orders and geometries: the full tier (the default tier's checks above run
+# the same code on ZFNet; each variant here compiles three more programs).
+@pytest.mark.slow
 @pytest.mark.parametrize('spec,winograd', [
     (architecture.alexnet(num_classes=5, conv_features=(8, 8, 8, 8, 8), fc_features=(8, 8)),
      True),   # AlexNet's conv1 (11x11, stride 4) is Winograd's too

@@ -31,5 +31,5 @@ def test_ci_runs_the_readme_blocks():
     blocks[name] = out
   assert 'pip install -e ".[test]"' in blocks['install']
   assert blocks['run'].strip() == 'python train.py --config configs/digits.py --workdir /tmp/zf'
-  assert blocks['test'].strip() == 'python -m pytest -q'
-  assert blocks['test-full'].strip() == 'python -m pytest -q --full'
+  assert blocks['test'].strip() == 'python -m pytest -q -n 2'
+  assert blocks['test-full'].strip() == 'python -m pytest -q -n 2 --full'

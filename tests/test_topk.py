@@ -16,13 +16,21 @@ import pytest
 from zfjax import architecture, deconv, models, topk
 from testing_models import alive_variables, random_images
 
-# ZFNet's conv geometry without the classifier, narrow maps, 96x96 images: conv1 46x46,
-# pool1 23, conv2 10, pool2 5, conv3-5 5x5 (borders everywhere, as at 224).
+# ZFNet's conv geometry without the classifier, narrow maps (the conv widths of
+# tests/test_deconv.py: the same weights' shapes, whose random draws a test session then
+# compiles once), 96x96 images: conv1 46x46x12, pool1 23, conv2 10, pool2 5x5x16,
+# conv3-5 5x5 (borders everywhere, as at 224), conv5 16 maps.
 SPEC = architecture.without(
-    architecture.zfnet(num_classes=4, conv_features=(8, 8, 8, 8, 8), fc_features=(4, 4)),
+    architecture.zfnet(num_classes=4, conv_features=(12, 16, 24, 24, 16), fc_features=(4, 4)),
     'fc6', 'fc7', 'fc8')
 SIZE = 96
 LAYERS = ('conv1', 'pool2', 'conv5')
+# Most searches below run LAYERS, k = K and batches of 4: one compiled step between them.
+K = 5
+
+
+def num_channels(layer):
+  return architecture.shapes(SPEC, (SIZE, SIZE, 3))[layer][-1]
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -37,8 +45,9 @@ def variables(model):
 
 
 def dataset(n=11):
-  """Random images with ties planted: example 3 repeats example 1, 5 and 8 are all zero."""
-  images = np.array(random_images(n, size=SIZE))
+  """Random images with ties planted: example 3 repeats example 1, 5 and 8 are all zero.
+  (The first n of one draw of 11: one compiled program for every n.)"""
+  images = np.array(random_images(11, size=SIZE))[:n]
   if n > 3:
     images[3] = images[1]
   images[[i for i in (5, 8) if i < n]] = 0.0
@@ -80,11 +89,11 @@ def assert_same(result, expected):
 
 def test_search_equals_brute_force_with_ties_and_a_short_last_batch(model, variables):
   images = dataset()
-  results = topk.search(model, variables, in_batches(images, 4), layers=LAYERS, k=5)
+  results = topk.search(model, variables, in_batches(images, 4), layers=LAYERS, k=K)
   assert set(results) == set(LAYERS)
   for layer in LAYERS:
-    assert results[layer].values.shape == (8, 5)
-    assert_same(results[layer], brute_force(model, variables, images, layer, 5))
+    assert results[layer].values.shape == (num_channels(layer), K)
+    assert_same(results[layer], brute_force(model, variables, images, layer, K))
   # Ties between images go to the earlier example: the duplicate (1, 3) and the zero
   # images (5, 8) are adjacent wherever they appear, earlier one first.
   for a, b in ((1, 3), (5, 8)):
@@ -98,20 +107,27 @@ def test_all_ties_within_and_across_images_follow_row_major_then_example_order(
     model, variables):
   """Constant maps: every location and every image ties."""
   zeros = np.zeros((6, SIZE, SIZE, 3), np.float32)
-  result = topk.search(model, variables, in_batches(zeros, 4), layers='conv1', k=4)['conv1']
-  np.testing.assert_array_equal(result.example, np.tile(np.arange(4), (8, 1)))
+  result = topk.search(model, variables, in_batches(zeros, 4), layers=LAYERS, k=K)['conv1']
+  np.testing.assert_array_equal(result.example,
+                                np.tile(np.arange(K), (num_channels('conv1'), 1)))
   np.testing.assert_array_equal(result.y, 0)   # conv1 of a zero image: the bias everywhere
   np.testing.assert_array_equal(result.x, 0)
 
 
 def test_k_larger_than_the_dataset_leaves_unfilled_entries(model, variables):
   images = dataset(3)
-  result = topk.search(model, variables, in_batches(images, 2), layers='conv5', k=5)['conv5']
-  assert_same(result, brute_force(model, variables, images, 'conv5', 5))
-  assert np.all(np.isneginf(result.values[:, 3:]))
-  assert np.all(np.asarray(result.example[:, 3:]) == -1)
+  # Three images in a batch of four (a masked zero row): the usual compiled step.
+  batch = {'image': np.concatenate([images, np.zeros_like(images[:1])]),
+           'mask': np.array([1, 1, 1, 0], bool)}
+  results = topk.search(model, variables, [batch], layers=LAYERS, k=K)
+  for layer in LAYERS:
+    result = results[layer]
+    assert_same(result, brute_force(model, variables, images, layer, K))
+    assert np.all(np.isneginf(result.values[:, 3:]))
+    assert np.all(np.asarray(result.example[:, 3:]) == -1)
   empty = topk.search(model, variables, [], layers='conv5', k=2)['conv5']
-  assert empty.values.shape == (8, 2) and np.all(np.asarray(empty.example) == -1)
+  assert empty.values.shape == (num_channels('conv5'), 2)
+  assert np.all(np.asarray(empty.example) == -1)
 
 
 def test_dict_batches_with_masks_skip_padding_rows(model, variables):
@@ -122,22 +138,23 @@ def test_dict_batches_with_masks_skip_padding_rows(model, variables):
   # same image differently at another position, which would make it no tie at all.
   loud = np.full((SIZE, SIZE, 3), 500.0, np.float32)
   batches = []
-  for rows, mask in (((0, 1, None), (1, 1, 0)), ((2, 3, None), (1, 1, 0)),
-                     ((4, None, 5), (1, 0, 1)), ((6, None, None), (1, 0, 0)),
-                     ((None, None, None), (0, 0, 0))):
+  for rows, mask in (((0, 1, None, None), (1, 1, 0, 0)), ((2, 3, None, None), (1, 1, 0, 0)),
+                     ((4, None, 5, None), (1, 0, 1, 0)), ((6, None, None, None), (1, 0, 0, 0)),
+                     ((None, None, None, None), (0, 0, 0, 0))):
     batch = np.stack([loud if r is None else images[r] for r in rows])
-    batches.append({'image': batch, 'label': np.zeros(3, np.int32),
+    batches.append({'image': batch, 'label': np.zeros(4, np.int32),
                     'mask': np.array(mask, bool)})
-  results = topk.search(model, variables, batches, layers=LAYERS, k=4)
+  results = topk.search(model, variables, batches, layers=LAYERS, k=K)
   for layer in LAYERS:
-    assert_same(results[layer], brute_force(model, variables, images, layer, 4))
+    assert_same(results[layer], brute_force(model, variables, images, layer, K))
 
 
 def test_result_does_not_depend_on_batch_size(model, variables):
   images = dataset(9)
-  one = topk.search(model, variables, in_batches(images, 9), layers='conv3', k=3)['conv3']
-  many = topk.search(model, variables, in_batches(images, 2), layers='conv3', k=3)['conv3']
-  assert_same(many, one._asdict())
+  one = topk.search(model, variables, in_batches(images, 9), layers=LAYERS, k=K)
+  many = topk.search(model, variables, in_batches(images, 4), layers=LAYERS, k=K)
+  for layer in LAYERS:
+    assert_same(many[layer], one[layer]._asdict())
 
 
 def test_bad_input_is_a_clear_value_error(model, variables):
@@ -164,7 +181,7 @@ with open(sys.argv[1], 'rb') as f:
 out = {}
 for batch_size in (4, 3):   # 4 splits over 4 devices; 3 is padded to 4 (no recompile)
   results = topk.search(models.ConvNet(t.SPEC), variables, t.in_batches(images, batch_size),
-                        t.LAYERS, k=5)
+                        t.LAYERS, k=t.K)
   for layer, result in results.items():
     assert result.values.sharding.is_fully_replicated
     assert len(result.values.sharding.device_set) == 4
@@ -183,7 +200,7 @@ def test_sharded_over_four_devices_equals_one_device(model, variables, tmp_path)
   subprocess.run([sys.executable, '-c', SHARDED, str(tmp_path / 'inputs.pkl'),
                   str(tmp_path / 'sharded.npz')], check=True, cwd=REPO, env=env)
   sharded = np.load(tmp_path / 'sharded.npz')
-  results = topk.search(model, variables, in_batches(images, 4), layers=LAYERS, k=5)
+  results = topk.search(model, variables, in_batches(images, 4), layers=LAYERS, k=K)
   for batch_size in (4, 3):
     for layer in LAYERS:
       got = topk.TopK(*(sharded[f'{batch_size}/{layer}/{name}']
@@ -197,7 +214,7 @@ def test_sharded_over_four_devices_equals_one_device(model, variables, tmp_path)
 @pytest.fixture(scope='module')
 def found(model, variables):
   images = dataset()
-  results = topk.search(model, variables, in_batches(images, 4), layers=LAYERS, k=3)
+  results = topk.search(model, variables, in_batches(images, 4), layers=LAYERS, k=K)
   return images, results
 
 
@@ -226,11 +243,11 @@ def test_crops_are_the_receptive_field_pixels(model, found, layer):
   gathered = topk.gather_images(in_batches(images, 4), result)
   patches = topk.crops(model, result, gathered, layer)
   size = architecture.windows(SPEC, layer)[-1][1].size
-  assert patches.pixels.shape == (8, 3, size, size, 3)
-  assert patches.valid.shape == (8, 3, size, size)
+  assert patches.pixels.shape == (num_channels(layer), K, size, size, 3)
+  assert patches.valid.shape == (num_channels(layer), K, size, size)
   pixels, valid = np.asarray(patches.pixels), np.asarray(patches.valid)
-  for c in range(8):
-    for j in range(3):
+  for c in range(num_channels(layer)):
+    for j in range(K):
       n, y, x = (int(a[c, j]) for a in (result.example, result.y, result.x))
       (r0, r1), (c0, c1) = architecture.receptive_field(SPEC, layer, y, x, (SIZE, SIZE, 3))
       top, left = int(patches.top[c, j]), int(patches.left[c, j])
@@ -262,11 +279,11 @@ def test_projections_equal_project_units_on_the_same_units(model, variables, fou
   patches = topk.project(model, variables, result, gathered, layer, channels=channels,
                          images_per_call=2, units_per_call=4)
   size = architecture.windows(SPEC, layer)[-1][1].size
-  assert patches.pixels.shape == (3, 3, size, size, 3)
+  assert patches.pixels.shape == (3, K, size, size, 3)
   example, y, x = (np.asarray(a)[channels].reshape(-1)
                    for a in (result.example, result.y, result.x))
   expected = deconv.project_units(model, variables, jnp.asarray(images), layer, example,
-                                  np.repeat(channels, 3), y, x)
+                                  np.repeat(channels, K), y, x)
   pasted = topk.paste(patches, images.shape[1:]).reshape(expected.shape)
   scale = float(jnp.abs(expected).max())
   assert scale > 0

@@ -15,8 +15,8 @@ from testing_models import alive_variables, random_images
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'tools'))
 import torch_zfnet as tz  # pylint: disable=wrong-import-position
 
-# ZFNet's geometry, narrow maps: the network (and weights, and images) of tests/test_deconv.py,
-# so that a test session initializes it once.
+# ZFNet's geometry, narrow maps: the network, weights (before halving) and images of
+# tests/test_deconv.py, so that a test session draws them once.
 FEATURES, FC = (12, 16, 24, 24, 16), (8, 8)
 SPEC = architecture.zfnet(num_classes=4, conv_features=FEATURES, fc_features=FC)
 

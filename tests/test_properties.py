@@ -139,9 +139,10 @@ def test_project_valid_inputs(height, width, batch, zero, layer, channels, rule,
                        np.int32), rule=rule, chunk_size=chunk_size)
   assert out.shape == (batch, len(channels), height, width, 3)
   assert bool(jnp.isfinite(out).all())
-  for k, channel in enumerate(channels):  # a repeated channel projects the same
-    first = channels.index(channel)
-    np.testing.assert_array_equal(out[:, k], out[:, first])
+  for k, channel in enumerate(channels):  # a repeated channel projects the same, up to
+    first = channels.index(channel)       # rounding (its copies may sit in other chunks)
+    np.testing.assert_allclose(out[:, k], out[:, first], rtol=1e-5,
+                               atol=1e-6 * float(np.abs(out[:, first]).max()))
   if channels:
     assert_projections_close(out, torch_projections(x, layer, channels, rule), channels)
 

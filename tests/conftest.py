@@ -1,8 +1,8 @@
 """The suite's rules and shared fixtures.
 
-Two tiers: the default run (`python -m pytest -q`, a few minutes) and the full one
-(`python -m pytest -q --full`): every test, the `slow` ones included, and hypothesis
-exploring at random with more examples. CI runs both.
+Two tiers: the default run (`python -m pytest -q -n 2`, under 5 minutes on 2 cores) and
+the full one (`python -m pytest -q -n 2 --full`): every test, the `slow` ones included, and
+hypothesis exploring at random with more examples. CI runs both (README, .ci/run).
 
 Rules every run keeps:
 - nothing is skipped, except a skip whose reason is in ALLOWED_SKIPS (printed at the end);

@@ -142,7 +142,7 @@ def parse_step(text: str):
 
 def load_session(path: Optional[str], kind: str, step, progress: Progress) -> Session:
   """Restores the checkpoint at a workdir (kind 'workdir') or checkpoint directory."""
-  from zfjax import checkpoints, models, training  # pylint: disable=g-import-not-at-top
+  from zfjax import checkpoints, models  # pylint: disable=g-import-not-at-top
   location = pathlib.Path(path)
   if not location.exists():
     raise FileNotFoundError(f'{kind} {path} does not exist')
@@ -157,12 +157,12 @@ def load_session(path: Optional[str], kind: str, step, progress: Progress) -> Se
   if config is None:
     raise UserError(f'checkpoint {directory} carries no config and has no workdir '
                     'config.json beside it: cannot rebuild the model')
-  spec = training.model_spec(config, 1)
+  spec = models.spec_from_config(config, 1)
   last = spec[-1].name
   if last not in params:
     raise UserError(f'checkpoint {directory} has no {last!r} params for its config\'s model')
   num_classes = int(np.shape(params[last]['bias'])[0])
-  model = models.ConvNet(training.model_spec(config, num_classes))  # analyses in float32
+  model = models.ConvNet(models.spec_from_config(config, num_classes))  # analyses in float32
   notes, unavailable = [], []
   mean = load_mean(config, notes, unavailable)
   return Session(config, model, {'params': params}, int(directory.name), directory,

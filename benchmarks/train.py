@@ -33,8 +33,8 @@ import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 import common  # pylint: disable=wrong-import-position
-from configs import zfnet  # pylint: disable=wrong-import-position
-from zfjax import parallel, training  # pylint: disable=wrong-import-position
+from zfjax.configs import zfnet  # pylint: disable=wrong-import-position
+from zfjax import models, parallel, training  # pylint: disable=wrong-import-position
 
 
 def parse_args(argv=None):
@@ -83,7 +83,7 @@ def bench_jax(args) -> dict:
   config = zfnet.get_config()
   config.update(dtype=args.dtype, batch_size=args.batch_size, image_size=args.image_size)
   mesh = parallel.create_mesh()
-  model = training.create_model(config, args.num_classes)
+  model = models.from_config(config, args.num_classes)
   optimizer = training.create_optimizer(config)
   image_shape = (args.image_size, args.image_size, 3)
   state = training.create_train_state(config, model, optimizer, mesh, image_shape)

@@ -145,7 +145,7 @@ def digits_smoke_run(tmp_path_factory):
   """A function seed -> the workdir of a finished configs/digits.py:smoke run with that
   seed (4 steps of a narrow small_zfnet, checkpoints at steps 2 and 4, results.json),
   trained in-process once per seed per test session. Treat the workdir as read-only."""
-  from configs import digits  # pylint: disable=import-outside-toplevel
+  from zfjax.configs import digits  # pylint: disable=import-outside-toplevel
   from zfjax import training  # pylint: disable=import-outside-toplevel
   runs = {}
 

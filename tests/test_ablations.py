@@ -4,12 +4,11 @@ config flag, and one smoke variant trains."""
 
 import json
 
-from absl import flags
-from ml_collections import config_flags
 import pytest
 
-from configs import ablations
-from zfjax import architecture, checkpoints, tables, training
+from zfjax.configs import ablations
+from zfjax import architecture, checkpoints, cli, models, tables, training
+from zfjax.cli import train as train_cli
 
 # (conv1 kernel, conv1..conv5 maps, fc6/fc7 units, removed layers) of each Table 3 row.
 ZF, WIDE, FC = (96, 256, 384, 384, 256), (96, 256, 512, 1024, 512), (4096, 4096)
@@ -82,7 +81,7 @@ def test_every_variant_is_listed_in_the_docstring():
 @pytest.mark.parametrize('name', list(LAYERS))
 def test_variant_builds_the_papers_layers(name):
   config = ablations.get_config(name)
-  spec = training.model_spec(config, 1000)
+  spec = models.spec_from_config(config, 1000)
   assert list(architecture.shapes(spec).items()) == expected_shapes(*LAYERS[name])
   assert architecture.num_params(spec) == expected_params(*LAYERS[name])
   assert config.dataset == 'imagenet2012' and config.image_size == 224
@@ -93,9 +92,9 @@ def test_variant_builds_the_papers_layers(name):
 
 @pytest.mark.parametrize('name', list(LAYERS))
 def test_smoke_variant_keeps_the_layer_sequence(name):
-  full = training.model_spec(ablations.get_config(name), 1000)
+  full = models.spec_from_config(ablations.get_config(name), 1000)
   config = ablations.get_config(f'{name},smoke')
-  small = training.model_spec(config, 1000)
+  small = models.spec_from_config(config, 1000)
   assert architecture.layer_names(small) == architecture.layer_names(full)
   shapes = architecture.shapes(small, (config.image_size, config.image_size, 3))
   assert shapes['pool5'][:2] == (1, 1) and shapes['fc8'] == (1000,)
@@ -109,11 +108,10 @@ def test_unknown_variant_names_the_valid_ones(arg):
 
 
 def test_train_py_config_flag_loads_a_variant():
-  values = flags.FlagValues()
-  flag = config_flags.DEFINE_config_file('config', None, 'config', flag_values=values,
-                                         lock_config=True)
-  values(['train.py', '--config=configs/ablations.py:alexnet-no-fc67,smoke'])
-  assert flag.value.remove_layers == ('fc6', 'fc7') and flag.value.num_train_steps == 3
+  argv = cli.with_packaged_configs(['train.py', '--config=configs/ablations.py:alexnet-no-fc67,smoke'])
+  values = train_cli.define(argv)
+  values(argv)
+  assert values.config.remove_layers == ('fc6', 'fc7') and values.config.num_train_steps == 3
 
 
 @pytest.mark.slow  # a training run; test_training and test_train_cli cover the loop

@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from configs import digits
-from zfjax import checkpoints, ensemble, input_pipeline, training
+from zfjax.configs import digits
+from zfjax import checkpoints, ensemble, input_pipeline, models, training
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def test_two_nets_average_their_softmax(digits_smoke_run):
   probs = []
   for workdir in workdirs:
     restored_config, params = checkpoints.restore_params(workdir, step=2)
-    model = training.create_model(restored_config, 10)
+    model = models.from_config(restored_config, 10)
     probs.append(np.asarray(training.probabilities(model, params, images)))
   mean = np.mean(probs, axis=0)
   assert result['count'] == len(labels) == 360

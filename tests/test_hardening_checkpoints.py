@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from testing_models import load_visualize
 
-from configs import digits
-from zfjax import checkpoints, parallel, training
+from zfjax.configs import digits
+from zfjax import checkpoints, models, parallel, training
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 IMAGE_SHAPE = (32, 32, 3)
@@ -37,7 +37,7 @@ def smoke_config(**overrides):
 
 
 def state_shapes(config):
-  model = training.create_model(config, 10)
+  model = models.from_config(config, 10)
   optimizer = training.create_optimizer(config)
   return jax.eval_shape(lambda: training.init_train_state(config, model, optimizer,
                                                           IMAGE_SHAPE))

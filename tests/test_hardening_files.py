@@ -24,8 +24,8 @@ import torch
 # pylint: disable=wrong-import-position
 from pytorchcv.models import zfnet as pytorchcv_zfnet
 
-from configs import digits
-from zfjax import checkpoints, interop, training
+from zfjax.configs import digits
+from zfjax import checkpoints, interop, models
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REFUSED = 'holds objects other than tensors'
@@ -57,7 +57,7 @@ def digits_workdir(tmp_path_factory):
   """An imported-style workdir of the digits smoke model (params only, random numbers of
   the model's shapes: nothing is compiled)."""
   config = digits.get_config('smoke')
-  shapes = checkpoints.param_shapes(training.model_spec(config, 10), (32, 32, 3))
+  shapes = checkpoints.param_shapes(models.spec_from_config(config, 10), (32, 32, 3))
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes)
   workdir = tmp_path_factory.mktemp('digits') / 'work'

@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO / 'tools'))
 import torch_zfnet as tz  # pylint: disable=wrong-import-position
 
 # pylint: disable=wrong-import-position
-from zfjax import architecture, checkpoints, deconv, interop, models, training
+from zfjax import architecture, checkpoints, deconv, interop, models
 
 TOLERANCE = 1e-4
 nn = torch.nn
@@ -247,7 +247,7 @@ def test_cli_import_restores_the_same_model(zfnet, imported, monkeypatch):
   _, expected = interop.from_torch(zfnet.state_dict(), 'zfnet')
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params),
                expected['params'])
-  model = training.create_model(config, 1000)
+  model = models.from_config(config, 1000)
   assert model.spec == architecture.pytorchcv_zfnet(1000)
   assert json.loads((out / 'config.json').read_text())['model'] == 'pytorchcv_zfnet'
   # visualize.py --checkpoint OUT and --workdir OUT open it (its mean image: a stand-in).
@@ -271,7 +271,7 @@ def test_cli_export_and_reimport(zfnet, imported, tmp_path):
   again = tmp_path / 'again'  # the sidecar config brings back pytorchcv's spec
   assert interop.main(['import', str(exported), '--arch', 'zfjax', '--out', str(again)]) == 0
   config, params = checkpoints.restore_params(again)
-  assert training.model_spec(config, 1000) == spec
+  assert models.spec_from_config(config, 1000) == spec
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params),
                variables['params'])
 
@@ -340,10 +340,10 @@ def test_errors_name_the_problem(zfnet, tmp_path):
 def small_export(tmp_path_factory):
   """(params, exported .pth) of a digits-sized small_zfnet (32x32 inputs, a 4x4 map into
   fc6), written as a workdir and exported by the CLI."""
-  from configs import digits  # pylint: disable=import-outside-toplevel
+  from zfjax.configs import digits  # pylint: disable=import-outside-toplevel
   root = tmp_path_factory.mktemp('small')
   config = digits.get_config('smoke')
-  spec = training.model_spec(config, 10)
+  spec = models.spec_from_config(config, 10)
   # Random weights of the model's shapes (its init would compile for seconds).
   shapes = jax.eval_shape(models.ConvNet(spec).init, jax.random.key(0),
                           np.zeros((1, 32, 32, 3), np.float32))['params']
@@ -411,11 +411,11 @@ def test_import_refused_by_the_file_system_is_one_line_and_leaves_no_checkpoint(
 
 
 def test_imported_config_has_every_training_field():
-  from configs import zfnet  # pylint: disable=import-outside-toplevel
+  from zfjax.configs import zfnet  # pylint: disable=import-outside-toplevel
   config = interop.imported_config('zfnetb', 'x.pth')
   assert set(zfnet.get_config()) <= set(config)
   assert config.conv_features == interop.ZFNETB_FEATURES
-  assert training.model_spec(config, 1000) == interop.spec_for('zfnetb')
+  assert models.spec_from_config(config, 1000) == interop.spec_for('zfnetb')
 
 
 def test_no_torch_at_import_time():

@@ -5,7 +5,7 @@ import json
 
 import tensorflow_datasets as tfds
 
-from configs import zfnet
+from zfjax.configs import zfnet
 from zfjax import checkpoints, training
 
 

@@ -22,10 +22,12 @@ import numpy as np
 import optax
 import pytest
 
-from configs import digits
+from zfjax.configs import digits
 from zfjax import checkpoints
 from zfjax import input_pipeline
 from zfjax import parallel
+from zfjax import configs
+from zfjax import models
 from zfjax import training
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -41,7 +43,7 @@ def build(config, mesh=None):
   """(mesh, model, optimizer, state, train_step) for a config."""
   mesh = mesh or parallel.create_mesh()
   info = input_pipeline.dataset_info(config)
-  model = training.create_model(config, info.num_classes)
+  model = models.from_config(config, info.num_classes)
   optimizer = training.create_optimizer(config)
   state = training.create_train_state(config, model, optimizer, mesh, info.image_shape)
   return mesh, model, optimizer, state, training.make_train_step(config, model, optimizer, mesh)
@@ -201,7 +203,7 @@ def test_evaluate_ten_crops_and_ensemble():
 def test_bad_configs_fail_before_work(tmp_path, overrides, message, monkeypatch):
   monkeypatch.setattr(training, 'make_train_step',
                       lambda *args, **kwargs: pytest.fail('a bad config reached compilation'))
-  with pytest.raises(training.ConfigError, match=message):
+  with pytest.raises(configs.ConfigError, match=message):
     training.train_and_evaluate(smoke_config(**overrides), tmp_path)
   assert not (tmp_path / 'checkpoints').exists()
 
@@ -216,7 +218,7 @@ def test_config_values_of_the_wrong_type_name_the_field(tmp_path):
     bad = config.copy_and_resolve_references()
     del bad[field]
     bad[field] = value
-    with pytest.raises(training.ConfigError, match=f'^config.{field} must be {message}$'):
+    with pytest.raises(configs.ConfigError, match=f'^config.{field} must be {message}$'):
       training.train_and_evaluate(bad, tmp_path)
   assert not (tmp_path / 'checkpoints').exists()
 
@@ -290,12 +292,12 @@ FOUR_DEVICES = textwrap.dedent('''
     import json, sys
     import jax, numpy as np
     sys.path.insert(0, {repo!r})
-    from configs import digits
+    from zfjax.configs import digits
     from zfjax import checkpoints, input_pipeline, parallel, training
     assert jax.device_count() == 4
     config = digits.get_config()
     info = input_pipeline.dataset_info(config)
-    model = training.create_model(config, info.num_classes)
+    model = models.from_config(config, info.num_classes)
     optimizer = training.create_optimizer(config)
     batches = input_pipeline.train_batches(config)
     batches = [next(batches) for _ in range({steps})]

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import transfer_digits
+from zfjax.configs import transfer_digits
 from zfjax import input_pipeline, models, training, transfer
 
 

@@ -385,6 +385,26 @@ SPECS = {'zfnet': zfnet, 'zfnet_wide': zfnet_wide, 'alexnet': alexnet,
          'pytorchcv_zfnet': pytorchcv_zfnet}
 
 
+# Table 3's rows (the paper's ablations) as layers: (family, conv1..conv5 maps, fc6/fc7 units, removed layers).
+ZFNET_MAPS = (96, 256, 384, 384, 256)
+WIDE_MAPS = (96, 256, 512, 1024, 512)
+FC_UNITS = (4096, 4096)
+VARIANTS = {
+    'zfnet': ('zfnet', ZFNET_MAPS, FC_UNITS, ()),
+    'zfnet-fc2048': ('zfnet', ZFNET_MAPS, (2048, 2048), ()),
+    'zfnet-fc8192': ('zfnet', ZFNET_MAPS, (8192, 8192), ()),
+    'zfnet-wide': ('zfnet', WIDE_MAPS, FC_UNITS, ()),
+    'zfnet-wide-fc8192': ('zfnet', WIDE_MAPS, (8192, 8192), ()),
+    'alexnet': ('alexnet', ZFNET_MAPS, FC_UNITS, ()),
+    'alexnet-no-conv34': ('alexnet', ZFNET_MAPS, FC_UNITS, ('conv3', 'conv4')),
+    'alexnet-no-fc7': ('alexnet', ZFNET_MAPS, FC_UNITS, ('fc7',)),
+    'alexnet-no-fc67': ('alexnet', ZFNET_MAPS, FC_UNITS, ('fc6', 'fc7')),
+    'alexnet-no-conv34-fc67': ('alexnet', ZFNET_MAPS, FC_UNITS,
+                               ('conv3', 'conv4', 'fc6', 'fc7')),
+    'alexnet-fc2048': ('alexnet', ZFNET_MAPS, (2048, 2048), ()),
+    'alexnet-fc8192': ('alexnet', ZFNET_MAPS, (8192, 8192), ()),
+}
+
 def get(name: str, num_classes: int, **kwargs) -> Spec:
   """The spec called `name` (a key of SPECS), for config files."""
   if name not in SPECS:

@@ -50,6 +50,9 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_manager
 from orbax.checkpoint import checkpoint_managers as policies
 
+from zfjax import configs
+from zfjax import models
+
 CHECKPOINTS = 'checkpoints'
 DEFAULT_ITEM = checkpoint_manager.DEFAULT_ITEM_NAME  # the subdirectory of a lone item
 BEST_METRIC = 'top1_error'
@@ -455,7 +458,7 @@ def restore_params(path: PathLike, step: Union[int, str] = 'latest', *,
   optimizer state). They land on `sharding` (default: this process's first device).
   `config` is the ConfigDict that trained them (from the checkpoint's metadata, else the
   workdir's config.json), or None if neither exists. Rebuild the model with
-  `zfjax.training.create_model(config, num_classes)`, or infer the class count from
+  `zfjax.models.from_config(config, num_classes)`, or infer the class count from
   params['fc8']['bias'].
 
   CheckpointError (one line naming the directory) when the checkpoint is damaged, has no
@@ -489,13 +492,12 @@ def _expected_params(config: Optional[ml_collections.ConfigDict],
   """{layer: {'kernel', 'bias'} shapes} of the model `config` describes, with the class
   count of the stored last layer; None when there is no config or it builds no model
   here (then nothing is checked)."""
-  from zfjax import training  # pylint: disable=import-outside-toplevel
   if config is None:
     return None
   try:
-    last = training.model_spec(config, 1)[-1].name
+    last = models.spec_from_config(config, 1)[-1].name
     num_classes = int(shapes_of(stored).get(f'{last}/bias', (1,))[0])
-    spec = training.model_spec(config, num_classes)
+    spec = models.spec_from_config(config, num_classes)
     size = int(config.image_size)
     return param_shapes(spec, (size, size, 3))
   except (AttributeError, KeyError, TypeError, ValueError, IndexError):
@@ -506,7 +508,6 @@ def param_shapes(spec, input_shape: Sequence[int]) -> dict:
   """{layer: {'kernel', 'bias'}} as jax.ShapeDtypeStruct: the params of a spec's ConvNet
   on inputs of `input_shape` (H, W, C), from jax.eval_shape of its init (nothing is
   computed or compiled)."""
-  from zfjax import models  # pylint: disable=import-outside-toplevel
   images = jax.ShapeDtypeStruct((1, *input_shape), 'float32')
   return jax.eval_shape(models.ConvNet(spec).init, jax.random.key(0), images)['params']
 
@@ -523,7 +524,7 @@ def _load_config(directory: pathlib.Path) -> Optional[ml_collections.ConfigDict]
   if config is not None and not isinstance(config, dict):
     raise CheckpointError(f'checkpoint {directory}: its config is {type(config).__name__}, '
                           'not a JSON object')
-  return None if config is None else config_from_dict(config)
+  return None if config is None else configs.from_dict(config)
 
 
 def _read_json(path: pathlib.Path, directory: pathlib.Path) -> Any:
@@ -532,16 +533,3 @@ def _read_json(path: pathlib.Path, directory: pathlib.Path) -> Any:
   except (OSError, UnicodeDecodeError, ValueError) as error:
     raise CheckpointError(f'checkpoint {directory} is damaged: {path.name} is not readable '
                           f'JSON ({error})') from None
-
-
-def config_from_dict(values: dict) -> ml_collections.ConfigDict:
-  """A locked ConfigDict from JSON values; lists become tuples as in the config files."""
-  def tuples(value):
-    if isinstance(value, list):
-      return tuple(tuples(v) for v in value)
-    if isinstance(value, dict):
-      return {k: tuples(v) for k, v in value.items()}
-    return value
-  config = ml_collections.ConfigDict(tuples(values))
-  config.lock()
-  return config

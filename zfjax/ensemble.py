@@ -6,7 +6,7 @@ r"""Ensembles of trained nets (the paper's Table 2): the softmax averaged over m
 
 Each member is a train.py workdir (or a checkpoints/ or step directory): its params and
 the config that trained them are restored (`checkpoints.restore_params`) and its model
-rebuilt (`training.create_model`), so members may differ in architecture (the paper's
+rebuilt (`models.from_config`), so members may differ in architecture (the paper's
 6-net ensemble is five ZFNets and the wide model (b)). They must agree on what they are
 evaluated on: dataset, evaluation split, input and resize sizes, number of classes (and
 for digits the train/test split). The whole evaluation split is read once with the first
@@ -81,7 +81,7 @@ def load_member(workdir, step: Union[int, str] = 'latest') -> Member:
     raise EnsembleError(f'{workdir}: its checkpoint stores no config and there is no '
                         'config.json beside it: cannot rebuild the model')
   classes = num_classes(params)
-  return Member(str(workdir), directory, config, training.create_model(config, classes),
+  return Member(str(workdir), directory, config, models.from_config(config, classes),
                 params, classes)
 
 

@@ -36,7 +36,7 @@ minus the mean image, about 1 / (255 std) times larger: the import CLI's
 
 Checkpoints: `import` writes a workdir OUT holding OUT/checkpoints/0 (params only, as
 {'step', 'params'}; restore_params and visualize.py read it, training cannot resume from
-it) and OUT/config.json, whose config rebuilds the model with training.create_model and
+it) and OUT/config.json, whose config rebuilds the model with models.from_config and
 notes the source in `imported_from` and `input_transform`. `export` writes the 'zfjax'
 layout with torch.save (safetensors for FILE.safetensors) and the checkpoint's config
 beside it (FILE.json), which `import --arch zfjax` reads back.
@@ -66,6 +66,9 @@ import numpy as np
 
 from zfjax import architecture
 from zfjax import cli
+from zfjax import configs
+from zfjax import models
+from zfjax import preprocess
 from zfjax.architecture import Conv, Dense
 
 ARCHS = ('zfnet', 'zfnetb', 'torchvision_alexnet', 'zfjax')
@@ -98,7 +101,7 @@ def check_arch(arch: str) -> str:
 
 
 def model_fields(arch: str) -> dict:
-  """The config fields (training.model_spec) that build `arch`'s spec."""
+  """The config fields (models.spec_from_config) that build `arch`'s spec."""
   check_arch(arch)
   if arch in ('zfnet', 'zfnetb'):
     widths = ZFNETB_FEATURES if arch == 'zfnetb' else ()
@@ -338,13 +341,17 @@ def fold_input_scale(params: Mapping, spec: architecture.Spec,
 
 def imported_config(arch: str, source: str = '',
                     base: Optional[Mapping] = None,
-                    input_transform: str = SOURCE_INPUT) -> ml_collections.ConfigDict:
-  """A config that rebuilds an imported model with training.create_model: `base` (a
-  zfjax export's own config) or configs/zfnet.py's fields for ImageNet 2012, with the
-  model fields of `arch`, and notes of where it came from (`imported_from`) and which
-  input it expects (`input_transform`)."""
-  from zfjax import checkpoints  # pylint: disable=import-outside-toplevel (orbax: lazily)
-  values = (checkpoints.config_from_dict(base).to_dict() if base is not None
+                    input_transform: str = SOURCE_INPUT,
+                    normalization: Optional[str] = None) -> ml_collections.ConfigDict:
+  """A config that rebuilds an imported model with models.from_config.
+
+  `base` (a zfjax export's own config) or configs/zfnet.py's fields for ImageNet 2012,
+  with the model fields of `arch`, and notes of where it came from (`imported_from`) and
+  which input it expects (`input_transform`, in words, and `input_normalization`:
+  `normalization`, else 'imagenet' for torchvision's and pytorchcv's layouts; zfjax's
+  own exports keep their config's).
+  """
+  values = (configs.from_dict(base).to_dict() if base is not None
             else _imagenet_fields())
   if base is None:
     values.update(model_fields(arch), fc_features=(), remove_layers=(), dropout=0.5,
@@ -353,6 +360,10 @@ def imported_config(arch: str, source: str = '',
       values['filter_rms_radius'] = 0.0
   values.update(imported_from=f'{arch}:{source}' if source else arch,
                 input_transform=input_transform)
+  if normalization is None and base is None and arch != 'zfjax':
+    normalization = preprocess.IMAGENET  # torchvision's and pytorchcv's weights
+  if normalization is not None:
+    values['input_normalization'] = normalization
   config = ml_collections.ConfigDict(values)
   config.lock()
   return config
@@ -495,7 +506,6 @@ def import_pth(source, arch: str, out, config_path=None,
   Orbax checkpoint (see module doc).
   For 'zfjax' the config comes from `config_path`, else SOURCE.json beside the file
   (written by export), else the paper's ZFNet is assumed."""
-  from zfjax import checkpoints, training  # pylint: disable=import-outside-toplevel
   check_arch(arch)
   state_dict = load_weights(source)
   base, spec, input_shape = None, None, architecture.INPUT_SHAPE
@@ -505,12 +515,12 @@ def import_pth(source, arch: str, out, config_path=None,
       base = json.loads(config_path.read_text())
       if 'model' not in base:
         raise ValueError(f'{config_path} is not a zfjax config (no "model" field)')
-      config = checkpoints.config_from_dict(base)
-      last = f'{training.model_spec(config, 1)[-1].name}.bias'
+      config = configs.from_dict(base)
+      last = f'{models.spec_from_config(config, 1)[-1].name}.bias'
       if last not in state_dict:
         raise ValueError(f'state dict has no {last!r} (the last layer of {config_path}\'s '
                          'model)')
-      spec = training.model_spec(config, int(np.shape(state_dict[last])[0]))
+      spec = models.spec_from_config(config, int(np.shape(state_dict[last])[0]))
       input_shape = _input_shape(config)
   elif config_path:
     raise ValueError('--config is only for --arch zfjax')
@@ -522,7 +532,8 @@ def import_pth(source, arch: str, out, config_path=None,
     params = fold_input_scale(params, spec)
     transform = ('0-255 RGB minus the mean image (conv1 scaled by 1 / (255 std) from the '
                  f'source, which expects: {transform})')
-  config = imported_config(arch, str(source), base, transform)
+  normalization = preprocess.PAPER if fold_normalization else None
+  config = imported_config(arch, str(source), base, transform, normalization)
   return write_checkpoint(out, params, config)
 
 
@@ -536,12 +547,12 @@ def export_checkpoint(checkpoint, out, step='latest') -> pathlib.Path:
   """A checkpoint (workdir, checkpoints directory or step directory) -> FILE in the
   'zfjax' layout and its config as FILE.json: FILE.safetensors with safetensors (no torch
   needed), any other name with torch.save."""
-  from zfjax import checkpoints, training  # pylint: disable=import-outside-toplevel
+  from zfjax import checkpoints  # pylint: disable=import-outside-toplevel
   config, params = checkpoints.restore_params(checkpoint, step)
   if config is None:
     raise ValueError(f'checkpoint {checkpoint} carries no config: cannot tell its model')
-  last = training.model_spec(config, 1)[-1].name
-  spec = training.model_spec(config, int(np.shape(params[last]['bias'])[0]))
+  last = models.spec_from_config(config, 1)[-1].name
+  spec = models.spec_from_config(config, int(np.shape(params[last]['bias'])[0]))
   out = pathlib.Path(out)
   writer = _safetensors_writer(out) if out.suffix == SAFETENSORS else _torch_writer(out)
   state_dict = to_torch(params, spec, 'zfjax', tensors=out.suffix != SAFETENSORS,

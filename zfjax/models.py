@@ -21,11 +21,20 @@ import jax.numpy as jnp
 from jax import lax
 
 from zfjax import architecture
+from zfjax import configs
 from zfjax.architecture import AvgPool, Conv, Dense, Norm, Pool
 
 Array = jax.Array
 
 PAPER_INIT = nn.initializers.normal(stddev=1e-2)
+# config.init and config.dtype -> the module's
+INITIALIZERS = {
+    'paper': PAPER_INIT,                      # normal, std 1e-2 (Sec. 3)
+    'he_normal': nn.initializers.he_normal(),
+    'lecun_normal': nn.initializers.lecun_normal(),
+    'glorot_uniform': nn.initializers.glorot_uniform(),
+}
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 def local_response_norm(x: Array, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
@@ -159,3 +168,36 @@ def activations(model: ConvNet, variables, images: Array,
   _, state = model.apply(variables, images, mutable=['intermediates'])
   outputs = state['intermediates']['layers']
   return {name: outputs[name] for name in layers}
+
+
+# ----------------------------------------------------------------------- from a config
+
+
+def spec_from_config(config, num_classes: int) -> architecture.Spec:
+  """The layer spec of config.model with the config's widths, dropout and removed layers."""
+  kwargs = {'dropout': config.dropout}
+  if config.conv_features:
+    kwargs['conv_features'] = tuple(config.conv_features)
+  if config.fc_features:
+    kwargs['fc_features'] = tuple(config.fc_features)
+  if config.norm_before_pool:
+    kwargs['norm_before_pool'] = True
+  try:
+    spec = architecture.get(config.model, num_classes, **kwargs)
+    if config.remove_layers:
+      spec = architecture.without(spec, *config.remove_layers)
+  except (TypeError, ValueError) as e:
+    raise configs.ConfigError(f'config.model {config.model!r} with {kwargs}: {e}') from e
+  return spec
+
+
+def from_config(config, num_classes: int) -> ConvNet:
+  """The ConvNet described by the config: model, widths, init, dtype."""
+  if config.init not in INITIALIZERS:
+    raise configs.ConfigError(f'unknown init {config.init!r} (config.init); choose one of '
+                      f'{sorted(INITIALIZERS)}')
+  if config.dtype not in DTYPES:
+    raise configs.ConfigError(f'unknown dtype {config.dtype!r} (config.dtype); choose one of '
+                      f'{sorted(DTYPES)}')
+  return ConvNet(spec_from_config(config, num_classes), dtype=DTYPES[config.dtype],
+                        kernel_init=INITIALIZERS[config.init])

@@ -1,9 +1,15 @@
-"""One picture -> the model's input, as the paper evaluates (and visualize.py reads files).
+"""One picture -> a model's input, as the paper evaluates (and the figures read files).
 
     from zfjax import input_pipeline, preprocess
     mean = input_pipeline.mean_image(config)                   # (256, 256, 3), 0-255
     x = preprocess.preprocess('dog.jpg', mean)                 # (224, 224, 3) float32
     batch = preprocess.preprocess_batch([x0, x1], mean, size=32, resize=36)  # (2, 32, 32, 3)
+    x = preprocess.model_input(photo, 'imagenet')              # an imported torch model's
+    x = loading.load(workdir).input(photo)                     # whatever the net was fed
+
+Two input spaces (`model_input`): 'paper', every net zfjax trains (0-255 minus the
+training set's mean image), and 'imagenet', the weights imported from torchvision or
+pytorchcv (0-1, minus ImageNet's channel means, divided by their standard deviations).
 
 The steps (Sec. 3 of the paper, and the input pipeline's evaluation): the picture as RGB
 on the 0-255 scale; its shorter side resized to `resize` (bilinear, antialiased when
@@ -47,6 +53,15 @@ import numpy as np
 
 SIZE = 224    # the model's input (the paper's 224 x 224 crop)
 RESIZE = 256  # the shorter side before cropping (the paper's 256)
+
+PAPER = 'paper'        # 0-255 RGB minus the training set's mean image (every zfjax run)
+IMAGENET = 'imagenet'  # 0-1 RGB minus IMAGENET_MEAN, divided by IMAGENET_STD (torchvision)
+NORMALIZATIONS = (PAPER, IMAGENET)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet channel means, 0-1 scale
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# ImageNet's channel means on the 0-255 scale (Caffe's and VGG's): the stand-in for a
+# training set's mean image that is not available here.
+IMAGENET_MEAN_255 = (123.68, 116.78, 103.94)
 
 # Pillow modes of integer data wider than 8 bits (16-bit PNGs, TIFFs): scaled to 0-255.
 _WIDE_MODES = ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F')
@@ -274,3 +289,37 @@ def preprocess_batch(images: Sequence[Any], mean: Any = None, *, size: int = SIZ
       message = message[len('image: '):] if message.startswith('image: ') else message
       raise ValueError(f'images[{i}]: {message}') from None
   return np.stack(out)
+
+
+def model_input(image: Any, normalization: str = PAPER, mean: Any = None, *,
+                size: int = SIZE, resize: int = RESIZE) -> np.ndarray:
+  """One picture -> (size, size, 3) float32 in the input space a model was trained in.
+
+  The same resizing and crops as `preprocess`. 'paper' subtracts `mean` (0-255; see
+  `preprocess`); 'imagenet' scales to 0-1 and normalizes with IMAGENET_MEAN and
+  IMAGENET_STD, as torchvision and pytorchcv feed their weights (`mean` must be None).
+  `zfjax.loading.Loaded.input` calls this with a trained net's own normalization.
+  """
+  if normalization == PAPER:
+    return preprocess(image, mean, size=size, resize=resize)
+  if normalization != IMAGENET:
+    raise ValueError(f'normalization: expected one of {NORMALIZATIONS}, got {normalization!r}')
+  if mean is not None:
+    raise ValueError("mean: 'imagenet' inputs are normalized with ImageNet's own mean and "
+                     'std; pass mean=None')
+  crop = preprocess(image, 0.0, size=size, resize=resize) / np.float32(255.0)
+  return np.ascontiguousarray((crop - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD))
+
+
+def to_display(x: np.ndarray, normalization: str = PAPER, mean: Any = 0.0) -> np.ndarray:
+  """The inverse of `model_input`'s normalization: model inputs -> 0-255 RGB (float32).
+
+  `mean` (paper inputs): the mean that was subtracted, broadcastable to `x` (a mean image
+  cropped as the input, or channel means).
+  """
+  x = np.asarray(x, np.float32)
+  if normalization == IMAGENET:
+    return (x * np.float32(IMAGENET_STD) + np.float32(IMAGENET_MEAN)) * np.float32(255.0)
+  if normalization != PAPER:
+    raise ValueError(f'normalization: expected one of {NORMALIZATIONS}, got {normalization!r}')
+  return x + np.asarray(mean, np.float32)

@@ -40,6 +40,8 @@ import pathlib
 import sys
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
+from zfjax import architecture
+
 # ------------------------------------------------------------------------ the paper
 # Zeiler & Fergus 2014 (arXiv 1311.2901 v3), Tables 2-7, in %.
 
@@ -101,27 +103,9 @@ TRANSFER_TITLES = {
 DASH = '—'
 METRICS = {'mean_per_class_accuracy': 'mean per-class accuracy', 'mean_ap': 'mean AP'}
 
-# Table 3's rows as layers: (family, conv1..conv5 maps, fc6/fc7 units, removed layers).
-ZFNET_MAPS = (96, 256, 384, 384, 256)
-WIDE_MAPS = (96, 256, 512, 1024, 512)
-FC_UNITS = (4096, 4096)
-VARIANTS = {
-    'zfnet': ('zfnet', ZFNET_MAPS, FC_UNITS, ()),
-    'zfnet-fc2048': ('zfnet', ZFNET_MAPS, (2048, 2048), ()),
-    'zfnet-fc8192': ('zfnet', ZFNET_MAPS, (8192, 8192), ()),
-    'zfnet-wide': ('zfnet', WIDE_MAPS, FC_UNITS, ()),
-    'zfnet-wide-fc8192': ('zfnet', WIDE_MAPS, (8192, 8192), ()),
-    'alexnet': ('alexnet', ZFNET_MAPS, FC_UNITS, ()),
-    'alexnet-no-conv34': ('alexnet', ZFNET_MAPS, FC_UNITS, ('conv3', 'conv4')),
-    'alexnet-no-fc7': ('alexnet', ZFNET_MAPS, FC_UNITS, ('fc7',)),
-    'alexnet-no-fc67': ('alexnet', ZFNET_MAPS, FC_UNITS, ('fc6', 'fc7')),
-    'alexnet-no-conv34-fc67': ('alexnet', ZFNET_MAPS, FC_UNITS,
-                               ('conv3', 'conv4', 'fc6', 'fc7')),
-    'alexnet-fc2048': ('alexnet', ZFNET_MAPS, (2048, 2048), ()),
-    'alexnet-fc8192': ('alexnet', ZFNET_MAPS, (8192, 8192), ()),
-}
-_FAMILIES = {'zfnet': ('zfnet', ZFNET_MAPS), 'zfnet_wide': ('zfnet', WIDE_MAPS),
-             'alexnet': ('alexnet', ZFNET_MAPS)}
+_FAMILIES = {'zfnet': ('zfnet', architecture.ZFNET_MAPS),
+             'zfnet_wide': ('zfnet', architecture.WIDE_MAPS),
+             'alexnet': ('alexnet', architecture.ZFNET_MAPS)}
 
 
 class TablesError(ValueError):
@@ -139,7 +123,7 @@ def _layers(family: str, maps, units, removed) -> tuple:
   return family, maps, units, tuple(sorted(removed))
 
 
-_VARIANT_OF = {_layers(*layers): name for name, layers in VARIANTS.items()}
+_VARIANT_OF = {_layers(*layers): name for name, layers in architecture.VARIANTS.items()}
 
 
 def variant(fields: Mapping[str, Any]) -> Optional[str]:
@@ -152,7 +136,7 @@ def variant(fields: Mapping[str, Any]) -> Optional[str]:
     return None
   family, default_maps = _FAMILIES[model]
   maps = tuple(fields.get('conv_features') or default_maps)
-  units = tuple(fields.get('fc_features') or FC_UNITS)
+  units = tuple(fields.get('fc_features') or architecture.FC_UNITS)
   if len(maps) != 5 or len(units) != 2:
     return None
   return _VARIANT_OF.get(_layers(family, maps, units, fields.get('remove_layers') or ()))
@@ -176,7 +160,7 @@ def describe_model(fields: Mapping[str, Any]) -> str:
 def ensemble_key(member_variants: Sequence[Optional[str]]) -> str:
   """'5 x zfnet + 1 x zfnet-wide' (Table 2's row keys); unknown members count as other."""
   counts = collections.Counter(v or 'other' for v in member_variants)
-  order = list(VARIANTS) + ['other']
+  order = list(architecture.VARIANTS) + ['other']
   return ' + '.join(f'{counts[v]} x {v}' for v in order if counts[v])
 
 

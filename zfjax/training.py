@@ -3,7 +3,7 @@
     training.train_and_evaluate(config, workdir)    # what train.py calls; a notebook can too
 
 Pieces, each usable on its own:
-  create_model(config, num_classes)               the ConvNet the config names
+  models.from_config(config, num_classes)               the ConvNet the config names
   create_optimizer(config)                        SGD + momentum, weight decay in the gradient
   create_train_state(config, model, ...)          params created directly replicated
   renormalize_filters(params, radius)             the paper's feature scale clipping
@@ -41,7 +41,6 @@ from typing import Any, Callable, Iterable, Sequence
 
 from absl import logging
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -52,22 +51,10 @@ from jax.sharding import PartitionSpec as P
 
 from zfjax import architecture
 from zfjax import checkpoints
+from zfjax import configs
 from zfjax import input_pipeline
 from zfjax import models
 from zfjax import parallel
-
-INITIALIZERS = {
-    'paper': models.PAPER_INIT,                      # normal, std 1e-2 (Sec. 3)
-    'he_normal': nn.initializers.he_normal(),
-    'lecun_normal': nn.initializers.lecun_normal(),
-    'glorot_uniform': nn.initializers.glorot_uniform(),
-}
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-
-
-class ConfigError(ValueError):
-  """A config that cannot run (unknown model, batch size that does not split, ...)."""
-
 
 class NonFiniteLossError(FloatingPointError):
   """The training loss became NaN or infinite; the last good checkpoint is kept."""
@@ -99,39 +86,6 @@ class TrainState:
   params: Any
   opt_state: Any
   plateau: optax.contrib.ReduceLROnPlateauState
-
-
-# ----------------------------------------------------------------------------- model
-
-
-def model_spec(config, num_classes: int) -> architecture.Spec:
-  """The layer spec of config.model with the config's widths, dropout and removed layers."""
-  kwargs = {'dropout': config.dropout}
-  if config.conv_features:
-    kwargs['conv_features'] = tuple(config.conv_features)
-  if config.fc_features:
-    kwargs['fc_features'] = tuple(config.fc_features)
-  if config.norm_before_pool:
-    kwargs['norm_before_pool'] = True
-  try:
-    spec = architecture.get(config.model, num_classes, **kwargs)
-    if config.remove_layers:
-      spec = architecture.without(spec, *config.remove_layers)
-  except (TypeError, ValueError) as e:
-    raise ConfigError(f'config.model {config.model!r} with {kwargs}: {e}') from e
-  return spec
-
-
-def create_model(config, num_classes: int) -> models.ConvNet:
-  """The ConvNet described by the config: model, widths, init, dtype."""
-  if config.init not in INITIALIZERS:
-    raise ConfigError(f'unknown init {config.init!r} (config.init); choose one of '
-                      f'{sorted(INITIALIZERS)}')
-  if config.dtype not in DTYPES:
-    raise ConfigError(f'unknown dtype {config.dtype!r} (config.dtype); choose one of '
-                      f'{sorted(DTYPES)}')
-  return models.ConvNet(model_spec(config, num_classes), dtype=DTYPES[config.dtype],
-                        kernel_init=INITIALIZERS[config.init])
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -387,11 +341,11 @@ FIELD_RULES = {
 
 
 def check_fields(config, rules=None, error=None) -> None:
-  """`error` (default ConfigError) naming the first field whose value has the wrong type
+  """`error` (default configs.ConfigError) naming the first field whose value has the wrong type
   or range under `rules` (default FIELD_RULES: {field: rule}); fields the config lacks
   are skipped."""
   rules = FIELD_RULES if rules is None else rules
-  error = error or ConfigError
+  error = error or configs.ConfigError
   for field, (kind, test, must_be) in rules.items():
     if field not in config:
       continue
@@ -405,25 +359,25 @@ def check_fields(config, rules=None, error=None) -> None:
 
 
 def check_config(config, mesh) -> None:
-  """ConfigError naming the field for settings that cannot run here, before any work:
+  """configs.ConfigError naming the field for settings that cannot run here, before any work:
   a value of the wrong type or range, an unknown model, init or dtype, layer widths
   the model cannot take, a batch size that does not split over the devices."""
   check_fields(config)
   if config.image_size > config.resize_size:
-    raise ConfigError(f'config.image_size ({config.image_size}) must not exceed '
+    raise configs.ConfigError(f'config.image_size ({config.image_size}) must not exceed '
                       f'config.resize_size ({config.resize_size}): crops come from the '
                       'resized image')
   if config.model not in architecture.SPECS:
-    raise ConfigError(f'unknown model {config.model!r} (config.model); choose one of '
+    raise configs.ConfigError(f'unknown model {config.model!r} (config.model); choose one of '
                       f'{sorted(architecture.SPECS)}')
-  create_model(config, num_classes=2)  # widths and removed layers; builds nothing
+  models.from_config(config, num_classes=2)  # widths and removed layers; builds nothing
   for field in ('batch_size', 'eval_batch_size'):
     try:
       parallel.check_batch_size(config[field], mesh, field)
     except ValueError as e:
-      raise ConfigError(str(e)) from None
+      raise configs.ConfigError(str(e)) from None
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
-    raise ConfigError('set num_epochs > 0 or num_train_steps > 0')
+    raise configs.ConfigError('set num_epochs > 0 or num_train_steps > 0')
 
 
 def steps_per_epoch(config, info: input_pipeline.DatasetInfo) -> float:
@@ -625,7 +579,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
   returns the final results (also written to workdir/results.json).
 
   Resumes from the latest complete checkpoint in workdir/checkpoints when there is one.
-  Raises ConfigError before any work for settings that cannot run, and
+  Raises configs.ConfigError before any work for settings that cannot run, and
   NonFiniteLossError (keeping the last good checkpoint) if the loss stops being finite,
   WorkdirBusyError if another run holds the workdir, WorkdirWriteError if the file system
   refuses a write (disk full, read-only, no permission; the complete checkpoints before
@@ -671,13 +625,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
   except input_pipeline.DatasetUnavailableError:
     raise
   except input_pipeline.UnknownDatasetError as e:
-    raise ConfigError(f'config.dataset: {e}') from None
+    raise configs.ConfigError(f'config.dataset: {e}') from None
   except (ValueError, KeyError, NotImplementedError) as e:
-    raise ConfigError(f'dataset {config.dataset!r}: {e}') from e
+    raise configs.ConfigError(f'dataset {config.dataset!r}: {e}') from e
   num_steps = total_steps(config, info)
 
   # Model.
-  model = create_model(config, info.num_classes)
+  model = models.from_config(config, info.num_classes)
   optimizer = create_optimizer(config)
 
   # Sharding: params and optimizer state replicated, batches split over 'data'.

@@ -451,7 +451,7 @@ def probe(train_x, train_y, test_x, classifier: str, num_classes: int, config) -
 def new_head_params(source: Source, num_classes: int, seed: int, pretrained: bool):
   """(model, params) of the source architecture with a `num_classes`-way last layer:
   every other layer from the source (pretrained) or all from a fresh init (scratch)."""
-  model = training.create_model(source.config, num_classes)
+  model = models.from_config(source.config, num_classes)
   shape = (1, source.image_size, source.image_size, 3)
   params = model.init(jax.random.key(seed), jnp.zeros(shape))['params']
   if pretrained:

@@ -11,7 +11,7 @@ trains on `train` and tests on `validation` (set train_split/eval_split to chang
 
 import ml_collections
 
-from configs import transfer_caltech101
+from zfjax.configs import transfer_caltech101
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:

@@ -5,7 +5,7 @@ r"""The paper's wide model (b): conv3/4/5 with 512/1024/512 maps (Tables 2 and 3
 
 import ml_collections
 
-from configs import zfnet
+from zfjax.configs import zfnet
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:

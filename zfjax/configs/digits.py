@@ -18,7 +18,7 @@ dropout rate is 0.25 (0.5 reaches the same error in about twice the steps).
 
 import ml_collections
 
-from configs import zfnet
+from zfjax.configs import zfnet
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:

@@ -12,8 +12,8 @@ layer (Table 7's analog). The source never sees a 5-9 digit.
 
 import ml_collections
 
-from configs import digits
-from configs import transfer_caltech101
+from zfjax.configs import digits
+from zfjax.configs import transfer_caltech101
 
 
 def source_config() -> ml_collections.ConfigDict:

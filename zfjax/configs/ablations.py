@@ -30,28 +30,28 @@ train_top1_error) and validation top-1 and top-5.
 
 import ml_collections
 
-from configs import alexnet
-from configs import zfnet
+from zfjax.configs import alexnet
+from zfjax.configs import zfnet
 
-from zfjax import tables
+from zfjax import architecture
 
 
 def _fields(maps, units, removed) -> dict:
   """The config fields that differ from the base model's for a Table 3 row."""
   fields = {}
-  if maps != tables.ZFNET_MAPS:
+  if maps != architecture.ZFNET_MAPS:
     fields['conv_features'] = maps
-  if units != tables.FC_UNITS:
+  if units != architecture.FC_UNITS:
     fields['fc_features'] = units
   if removed:
     fields['remove_layers'] = removed
   return fields
 
 
-# name -> (base config module, fields set on it), from the rows zfjax.tables knows.
+# name -> (base config module, fields set on it), from architecture.VARIANTS.
 BASES = {'zfnet': zfnet, 'alexnet': alexnet}
 VARIANTS = {name: (BASES[family], _fields(maps, units, removed))
-            for name, (family, maps, units, removed) in tables.VARIANTS.items()}
+            for name, (family, maps, units, removed) in architecture.VARIANTS.items()}
 
 # Smoke runs: widths divided by these, at this input size (the smallest where AlexNet's
 # 11x11/4 conv1 still leaves a 1x1 pool5).
@@ -81,8 +81,8 @@ def _shrink(config: ml_collections.ConfigDict) -> None:
   default, smoke = zfnet.get_config(), zfnet.get_config('smoke')
   config.update({k: v for k, v in smoke.items()
                  if v != default[k] and k not in _ARCHITECTURE_FIELDS})
-  maps = config.conv_features or tables.ZFNET_MAPS
-  units = config.fc_features or tables.FC_UNITS
+  maps = config.conv_features or architecture.ZFNET_MAPS
+  units = config.fc_features or architecture.FC_UNITS
   config.update(conv_features=tuple(m // SMOKE_CONV_DIVISOR for m in maps),
                 fc_features=tuple(u // SMOKE_FC_DIVISOR for u in units),
                 image_size=SMOKE_IMAGE_SIZE, resize_size=SMOKE_IMAGE_SIZE + 8)

@@ -12,7 +12,7 @@ rest of each class for testing, 5 splits.
 
 import ml_collections
 
-from configs import transfer_caltech101
+from zfjax.configs import transfer_caltech101
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:

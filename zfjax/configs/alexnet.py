@@ -5,7 +5,7 @@ r"""AlexNet as the paper replicated it (one tower, 11x11/4 conv1; Table 2's 40.5
 
 import ml_collections
 
-from configs import zfnet
+from zfjax.configs import zfnet
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:

@@ -1,1 +1,0 @@
-"""Training configs (ml_collections): `python train.py --config configs/<name>.py`."""

@@ -37,6 +37,7 @@ from absl import logging as absl_logging
 
 from zfjax import checkpoints
 from zfjax import configs
+from zfjax import extras
 from zfjax import input_pipeline
 
 USAGE_ERROR = 2  # the exit status of a user's mistake
@@ -51,7 +52,7 @@ class UserError(Exception):
 # Exceptions that always mean the user asked for something that cannot be done here.
 USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, configs.ConfigError,
                checkpoints.CheckpointError, input_pipeline.DatasetUnavailableError,
-               input_pipeline.UnknownDatasetError)
+               input_pipeline.UnknownDatasetError, extras.MissingExtraError)
 
 Define = Callable[[list], flags.FlagValues]
 Body = Callable[[flags.FlagValues, list], Optional[int]]

@@ -1,4 +1,6 @@
-"""Fig. 2 at scale: top-9 search over a dataset, then projections and image patches of
+"""Fig. 2 at scale: top-9 search, projections and patches of every conv1..conv5 channel.
+
+Fig. 2 at scale: top-9 search over a dataset, then projections and image patches of
 every entry of every channel of conv1..conv5.
 
     python benchmarks/top9.py                   # 512 images, 224x224, conv1..conv5
@@ -70,8 +72,9 @@ def he_variables(model, seed: int, size: int):
 
 
 def batches(num_images: int, batch_size: int, size: int, seed: int):
-  """Eval-pipeline-shaped batches of random images, made on the fly; the last one padded
-  with masked zero rows. The same arguments give the same images."""
+  """Eval-pipeline-shaped batches of random images, made on the fly.
+
+  The last one padded with masked zero rows. The same arguments give the same images."""
   for start in range(0, num_images, batch_size):
     rng = np.random.default_rng((seed, start))
     valid = min(batch_size, num_images - start)
@@ -82,7 +85,9 @@ def batches(num_images: int, batch_size: int, size: int, seed: int):
 
 
 class CompileClock:
-  """Seconds JAX spends tracing, lowering and compiling (jax.monitoring's
+  """Seconds JAX has spent compiling since this was created.
+
+  Seconds JAX spends tracing, lowering and compiling (jax.monitoring's
   /jax/core/compile/* events) since it was created."""
 
   def __init__(self):

@@ -67,8 +67,9 @@ def test_cone_windows_of_conv5():
 
 
 def _gradient_support(spec, layers, layer, y, x, image):
-  """Pixels where the gradient of unit (y, x, channel 0) of `layer` is nonzero. One
-  program per spec and tuple of layers, for every layer of the tuple and unit."""
+  """Pixels where the gradient of unit (y, x, channel 0) of `layer` is nonzero.
+
+  One program per spec and tuple of layers, for every layer of the tuple and unit."""
   model = models.ConvNet(spec)
   # The paper's init made positive: |normal(1e-2)| + 0.01 kernels, 0.01 biases; with a
   # positive image every path is alive.

@@ -1,5 +1,7 @@
-"""Correspondence (Sec. 4.3, Table 1): the Hamming measure by hand, signs of zero, the
-occluder, the random baseline, the table, and bad input."""
+"""Correspondence (Sec. 4.3, Table 1).
+
+The Hamming measure by hand, signs of zero, the occluder, the random baseline, the table,
+and bad input."""
 
 import jax
 import jax.numpy as jnp
@@ -92,8 +94,10 @@ def test_identical_perturbations_give_zero(setup):
 
 
 def test_units_the_occluder_cannot_reach_cancel_exactly(setup):
-  """A 1x1 box changes conv1 (3x3, pad 1) at 3x3 positions x 4 maps only: every other
-  coordinate has eps exactly 0, so at most 36 of 32*32*4 coordinates can disagree."""
+  """A 1x1 box changes conv1 (3x3, pad 1) at 3x3 positions x 4 maps only.
+
+  Every other coordinate has eps exactly 0, so at most 36 of 32*32*4 coordinates can
+  disagree."""
   model, variables, images = setup
   boxes = np.array([[10, 10, 1, 1]] * 3)
   result = correspondence.correspondence(model, variables, images[:3], boxes,

@@ -1,4 +1,6 @@
-"""The deconvnet: the literal cone path against the gradient formulation, switches,
+"""The deconvnet: cone path against gradient, switches, unpooling, rules, bad input.
+
+The deconvnet: the literal cone path against the gradient formulation, switches,
 unpooling, the rules and bad input. (tests/test_deconv_torch.py checks against an
 independent PyTorch deconvnet.)
 
@@ -60,7 +62,9 @@ def test_rules_differ_and_deconvnet_ignores_forward_signs(setup):
 
 
 def test_projection_is_the_seed_times_the_filter_at_conv1(setup):
-  """conv1: the transposed filter of the channel, scaled by the activation, placed at
+  """conv1's projection is the channel's transposed filter times the activation.
+
+  conv1: the transposed filter of the channel, scaled by the activation, placed at
   the unit's receptive field (one step of the chain, checked by hand)."""
   model, variables, images = setup
   acts = models.activations(model, variables, images[:1], ('conv1',))['conv1'][0]

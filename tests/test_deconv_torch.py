@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import captum.attr  # pylint: disable=unused-import  (tz.captum_projection uses it)
+import captum.attr  # noqa: F401  (tz.captum_projection uses it)
 import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'tools'))
 import torch_zfnet as tz  # pylint: disable=wrong-import-position
@@ -85,7 +85,8 @@ def setup():
 
 @pytest.fixture(scope='module')
 def blank_setup():
-  """Image 0 all zeros, image 1 zero outside its top-left quadrant, biases of both signs:
+  """Image 0 all zeros, image 1 zero outside its top-left quadrant, biases of both signs.
+
   conv1 is exactly its bias (or 0) on the blank parts, so most pooling windows are exact
   ties (constants or post-ReLU zeros) and the tie rule decides the switches."""
   images = tz.random_images(2, seed=1)
@@ -112,8 +113,9 @@ def project():
 
 
 def assert_close(actual, reference, tolerance=TOLERANCE):
-  """Per projection: max abs error / max abs of the reference projection <= tolerance;
-  a projection that is zero in the reference must be (nearly) zero."""
+  """Per projection: max abs error / max abs of the reference projection <= tolerance.
+
+  A projection that is zero in the reference must be (nearly) zero."""
   assert actual.shape == reference.shape, (actual.shape, reference.shape)
   floor = 1e-6 * np.abs(reference).max()
   for n in range(reference.shape[0]):
@@ -173,7 +175,9 @@ def test_load_flax_params_reproduces_zfjax_forward(norm_before_pool):
 
 
 def test_activations_are_alive(setup):
-  """The test weights give every layer real, distinct activations (not the dead conv5 of
+  """The test weights leave every layer alive.
+
+  The test weights give every layer real, distinct activations (not the dead conv5 of
   the paper's init): most channels have a positive maximum."""
   with torch.no_grad():
     x = setup.torch_images
@@ -230,8 +234,9 @@ def test_literal_deconvnet_equals_autograd_on_tied_input(blank_setup):
 
 
 def test_rules_agree_at_conv1(setup):
-  """Below conv1's own ReLU there is nothing to rectify: all three rules give the seed
-  times conv1's filter."""
+  """Below conv1's own ReLU there is nothing to rectify.
+
+  All three rules give the seed times conv1's filter."""
   deconvnet = setup.reference('conv1')
   for rule in ('guided', 'backprop'):
     assert_close(setup.reference('conv1', rule), deconvnet, 1e-5)
@@ -247,7 +252,9 @@ def test_rules_differ_at_conv5(setup):
 
 @pytest.mark.parametrize('rule', tz.RULES)
 def test_captum_matches_reference(setup, rule):
-  """Captum's NeuronDeconvolution / NeuronGuidedBackprop / NeuronGradient agree with the
+  """Captum's deconvnet, guided backprop and gradient agree with the reference.
+
+  Captum's NeuronDeconvolution / NeuronGuidedBackprop / NeuronGradient agree with the
   reference; the deconvnet needs the identity normalization backward (Captum only hooks
   ReLUs), guided and backprop use the true one."""
   norm_backward = 'identity' if rule == 'deconvnet' else 'true'
@@ -307,7 +314,9 @@ def test_projection_is_zero_outside_receptive_field(setup, project, layer, rule)
 
 
 def pixel_box(spec, layer, y, x):
-  """((row_start, row_stop), (col_start, col_stop)) of a unit's receptive field, clipped
+  """A unit's receptive field, clipped to the image.
+
+  ((row_start, row_stop), (col_start, col_stop)) of a unit's receptive field, clipped
   to the image (accepts the older ((row_start, col_start), size) form too)."""
   first, second = architecture.receptive_field(spec, layer, int(y), int(x))
   if not isinstance(second, tuple):  # ((row_start, col_start), size), unclipped
@@ -319,6 +328,7 @@ def pixel_box(spec, layer, y, x):
 @pytest.mark.parametrize('method', ['literal', 'gradient'])
 @pytest.mark.parametrize('layer', ['conv1', 'conv2', 'conv5'])
 def test_tied_pooling_windows_match_torch(blank_setup, project, layer, method):
-  """Blank input: most pooling windows are exact ties; switches go to the first maximum
-  in row-major order, as in torch."""
+  """Blank input: most pooling windows are exact ties.
+
+  Switches go to the first maximum in row-major order, as in torch."""
   assert_close(project(blank_setup, layer, 'deconvnet', method), blank_setup.reference(layer))

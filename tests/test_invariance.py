@@ -1,5 +1,7 @@
-"""Invariance sweeps (Fig. 5): the transforms' exact cases and directions, the sweep's
-distances and probabilities, and bad input."""
+"""Invariance sweeps (Fig. 5).
+
+The transforms' exact cases and directions, the sweep's distances and probabilities, and bad
+input."""
 
 import jax
 import jax.numpy as jnp
@@ -65,8 +67,10 @@ def test_rotation_by_quarter_turns_equals_rot90(quarter_turns):
 
 
 def test_rotation_turns_counter_clockwise_about_the_centre():
-  """Bilinear interpolation is exact on linear images: inside the disc that stays in the
-  image, the rotated ramp is the ramp of the rotated coordinates."""
+  """Bilinear interpolation is exact on linear images.
+
+  Inside the disc that stays in the image, the rotated ramp is the ramp of the rotated
+  coordinates."""
   size, degrees = 32, 30.0
   rotated = invariance.rotate(ramp(size), degrees, fill=-1.0)
   centre = (size - 1) / 2
@@ -176,8 +180,10 @@ def test_padded_map_maps_a_pytree_of_inputs():
 @pytest.mark.parametrize('num,batch_size,chunk', [(625, 128, 125), (7, 3, 3), (7, 6, 4),
                                                   (7, 10, 7), (101, 64, 51)])
 def test_padded_map_runs_even_chunks(num, batch_size, chunk):
-  """As few chunks as batch_size allows, all of one size: 625 positions at 128 run as five
-  chunks of 125 (no padding), 101 at 64 as two of 51 (one copy)."""
+  """As few chunks as batch_size allows, all of one size.
+
+  625 positions at 128 run as five chunks of 125 (no padding), 101 at 64 as two of 51 (one
+  copy)."""
   sizes = []
 
   def f(x):

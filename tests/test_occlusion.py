@@ -1,4 +1,6 @@
-"""Occlusion sensitivity: the incremental evaluation equals a full forward per position,
+"""Occlusion sensitivity against a full forward per position and the PyTorch deconvnet.
+
+Occlusion sensitivity: the incremental evaluation equals a full forward per position,
 and the maps' projection equals the independent PyTorch deconvnet (tools/torch_zfnet.py)."""
 
 import pathlib
@@ -78,7 +80,9 @@ def test_incremental_equals_naive(maps, patch, stride, fill, winograd, chunk_siz
 
 
 def test_the_shared_run_spans_several_chunks_split_unevenly():
-  """What test_incremental_equals_naive[several-chunks] relies on (invariance.padded_map
+  """The several-chunks case really runs several chunks, the last one padded.
+
+  What test_incremental_equals_naive[several-chunks] relies on (invariance.padded_map
   evens chunks out, padding the last with copies)."""
   num = occlusion.positions(224, SHARED['patch'], SHARED['stride']) ** 2
   chunks = -(-num // SHARED['chunk_size'])
@@ -90,7 +94,9 @@ def test_the_shared_run_spans_several_chunks_split_unevenly():
     (7, {'conv2': 3, 'conv3': 3, 'conv4': 4, 'conv5': 4}),
     (224, {'conv2': 2})])  # conv3-5's whole 13x13 maps: no tile size fits
 def test_winograd_plan(patch, tiles):
-  """winograd=True: the windows of conv2-5 (ceil(kernel / stride) = 3) by F(m x m, 3 x 3),
+  """Winograd's plan: conv2-5 by F(m x m, 3 x 3) with the cheapest m that fits.
+
+  winograd=True: the windows of conv2-5 (ceil(kernel / stride) = 3) by F(m x m, 3 x 3),
   m with the fewest multiplies, each window rounded up to whole tiles inside its map."""
   plan = occlusion._plan(SPEC, (224, 224, 3), patch, winograd=True)
   assert {step.record.name: step.tile for step in plan if step.tile} == tiles

@@ -1,4 +1,6 @@
-"""zfjax.preprocess: every kind of picture gives the same model input for the same
+"""zfjax.preprocess: every kind of picture, the crops, the mean and bad input.
+
+zfjax.preprocess: every kind of picture gives the same model input for the same
 picture, grayscale is tiled, the crops are the paper's, `mean` is subtracted as
 documented, and each input it cannot handle is a ValueError naming the argument."""
 
@@ -82,8 +84,10 @@ def test_bool_and_palette_pictures(tmp_path):
 
 
 def test_crops_are_the_center_of_the_shorter_side_resize():
-  """No resampling when the shorter side already is `resize`: the output is the center
-  square's center crop, pixel for pixel; a taller picture is cropped the other way."""
+  """No resampling when the shorter side already is `resize`.
+
+  The output is the center square's center crop, pixel for pixel; a taller picture is
+  cropped the other way."""
   wide = picture(RESIZE, RESIZE + 15)
   top, left = (RESIZE - SIZE) // 2, (RESIZE + 15 - RESIZE) // 2 + (RESIZE - SIZE) // 2
   np.testing.assert_array_equal(run(wide), wide[top:top + SIZE, left:left + SIZE])

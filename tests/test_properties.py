@@ -1,4 +1,6 @@
-"""Property tests (hypothesis) of deconv.project, occlusion.sensitivity and topk.search at
+"""Property tests (hypothesis) of deconv.project, occlusion.sensitivity and topk.search.
+
+Property tests (hypothesis) of deconv.project, occlusion.sensitivity and topk.search at
 their edges, on a tiny small_zfnet (8-wide convs, fc 16) and small images: random valid
 image sizes, channel lists (empty, repeated), occluder patches and strides (patch as large
 as the image, strides that do not divide it), fills, batch sizes 1 and a prime, k larger
@@ -42,8 +44,9 @@ TOLERANCE = 1e-4  # max |a - b| / max |b| per projection, as tests/test_deconv_t
 
 
 def tier(examples, full_factor=6):
-  """`examples` fixed draws (+ the explicit @example cases) in the default tier; in the
-  full tier random ones, `full_factor` times as many."""
+  """`examples` fixed draws (+ the explicit @example cases) in the default tier.
+
+  In the full tier random ones, `full_factor` times as many."""
   return settings(max_examples=examples * full_factor if FULL else examples, deadline=None,
                   derandomize=not FULL, database=None)
 
@@ -98,8 +101,10 @@ def too_small(height, width):
 
 
 def torch_projections(x, layer, channels, rule):
-  """(N, K, H, W, 3) projections by the torch reference: the literal deconvnet for
-  'deconvnet', autograd with the rule's ReLU backward for the others."""
+  """(N, K, H, W, 3) projections by the torch reference.
+
+  The literal deconvnet for 'deconvnet', autograd with the rule's ReLU backward for the
+  others."""
   model = torch_model(*x.shape[1:3])
   nchw = tc.to_nchw(x)
   out = (tc.literal_deconvnet(model, nchw, layer, channels) if rule == 'deconvnet'
@@ -108,8 +113,10 @@ def torch_projections(x, layer, channels, rule):
 
 
 def assert_projections_close(actual, reference, channels, tolerance=TOLERANCE):
-  """Per projection: max |a - b| / max |b| <= tolerance; a projection that is zero in the
-  reference (a dead channel) must be zero up to 1e-6 of the largest one."""
+  """Per projection: max |a - b| / max |b| <= tolerance.
+
+  A projection that is zero in the reference (a dead channel) must be zero up to 1e-6 of the
+  largest one."""
   actual, reference = np.asarray(actual, np.float64), np.asarray(reference, np.float64)
   assert actual.shape == reference.shape, (actual.shape, reference.shape)
   floor = max(1e-6 * np.abs(reference).max(), np.finfo(np.float32).tiny)
@@ -186,8 +193,10 @@ def test_project_channels_out_of_range(channels):
 
 @st.composite
 def occluders(draw):
-  """(height, width, patch, stride): patches up to the whole image, strides up to past
-  it, so the last positions need not line up with the edge."""
+  """(height, width, patch, stride).
+
+  Patches up to the whole image, strides up to past it, so the last positions need not line
+  up with the edge."""
   height, width = draw(st.sampled_from(SIZES[:2])), draw(st.sampled_from(SIZES[:2]))
   patch = draw(st.integers(1, min(height, width)))
   stride = draw(st.integers(1, max(height, width) + 2))
@@ -195,7 +204,9 @@ def occluders(draw):
 
 
 def uncapped_layers(height, width, patch, field_threshold):
-  """The map layers, bottom up, below the first whose changed window `field_threshold`
+  """The map layers where approximate mode's field threshold drops nothing.
+
+  The map layers, bottom up, below the first whose changed window `field_threshold`
   caps (all of them without a threshold): there approximate mode drops nothing, so its
   values are exact. A changed run of S cells at a layer's input changes at most
   (S + k - 2) // s + 1 of the layer's n outputs along an axis (kernel or window k, stride
@@ -283,7 +294,9 @@ def test_sensitivity_valid_inputs(geometry, fill, label, zero, layer, approximat
 @example(geometry=(13, 9, 9, 11), zero=False, layer='conv5')
 @example(geometry=(32, 13, 1, 1), zero=False, layer='conv3')  # 1x1 changed windows
 def test_sensitivity_winograd_equals_direct(geometry, zero, layer):
-  """Every conv of this model is 3x3/1, so Winograd tiles conv1 (3 channels) too, and
+  """Winograd on an all-3x3/1 model tiles conv1 too and leaves unfit windows direct.
+
+  Every conv of this model is 3x3/1, so Winograd tiles conv1 (3 channels) too, and
   windows that cannot be rounded up inside their map stay direct."""
   height, width, patch, stride = geometry
   image = images(1, height, width, zero)[0]
@@ -352,9 +365,10 @@ def test_too_small_images_are_refused():
 
 
 def brute_force_topk(height, width, stack, layer, k):
-  """Each image's first maximum per channel, sorted by (-value, image), the top k; unfilled
-  entries -inf / -1 (tests/test_topk.py checks search against the same rule in depth).
-  Also the (N, H * W, C) map."""
+  """Each image's first maximum per channel, sorted by (-value, image), the top k.
+
+  Unfilled entries -inf / -1 (tests/test_topk.py checks search against the same rule in
+  depth). Also the (N, H * W, C) map."""
   feature_map = np.asarray(models.activations(MODEL, variables_for(height, width), stack,
                                               (layer,))[layer])
   n, _, map_width, channels = feature_map.shape

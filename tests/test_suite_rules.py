@@ -1,5 +1,6 @@
-"""The suite's own rules (tests/conftest.py), each shown to fail a run that breaks it: a
-skip outside the allowlist, a file left in the current directory, a connection off this
+"""The suite's own rules (tests/conftest.py), each shown to fail a run that breaks it.
+
+A skip outside the allowlist, a file left in the current directory, a connection off this
 machine; and the tiers: slow tests only with --full."""
 
 import pathlib

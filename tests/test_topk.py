@@ -1,4 +1,6 @@
-"""The streaming top-k search against a brute-force NumPy search (ties, padding, masks,
+"""The streaming top-k search against brute force, and the Fig. 2 patches.
+
+The streaming top-k search against a brute-force NumPy search (ties, padding, masks,
 several layers, k beyond the data, 4 devices), and the Fig. 2 patches: image crops
 against the receptive fields, projections against deconv.project_units."""
 
@@ -46,6 +48,7 @@ def variables(model):
 
 def dataset(n=11):
   """Random images with ties planted: example 3 repeats example 1, 5 and 8 are all zero.
+
   (The first n of one draw of 11: one compiled program for every n.)"""
   images = np.array(random_images(11, size=SIZE))[:n]
   if n > 3:

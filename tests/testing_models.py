@@ -1,4 +1,6 @@
-"""Shared test helpers: models whose deep layers are alive with random weights, and
+"""Shared test helpers: models whose deep layers are alive with random weights.
+
+Shared test helpers: models whose deep layers are alive with random weights, and
 visualize.py (a script) loaded as a module."""
 
 import importlib.util
@@ -12,9 +14,10 @@ import numpy as np
 
 
 def alive_variables(model, seed=0, image_size=224):
-  """Variables with He-normal kernels and small positive biases: unlike the paper's
-  normal(1e-2) init, conv5 is far from all-zero on random images, so tests see real
-  switches and real signs."""
+  """Variables with He-normal kernels and small positive biases.
+
+  Unlike the paper's normal(1e-2) init, conv5 is far from all-zero on random images, so
+  tests see real switches and real signs."""
   variables = model.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3)))
   key = jax.random.key(seed + 1)
   leaves, tree = jax.tree_util.tree_flatten(variables['params'])
@@ -24,7 +27,8 @@ def alive_variables(model, seed=0, image_size=224):
       return jax.random.uniform(k, leaf.shape, maxval=0.1)
     fan_in = np.prod(leaf.shape[:-1])
     return jax.random.normal(k, leaf.shape) * np.sqrt(2.0 / fan_in)
-  return {'params': jax.tree_util.tree_unflatten(tree, [draw(k, l) for k, l in zip(keys, leaves)])}
+  drawn = [draw(k, leaf) for k, leaf in zip(keys, leaves)]
+  return {'params': jax.tree_util.tree_unflatten(tree, drawn)}
 
 
 def random_images(n, seed=0, size=224):

@@ -122,7 +122,9 @@ class TorchConvNet(nn.Module):
 
 
 def load_flax_params(model: TorchConvNet, params) -> TorchConvNet:
-  """Copy zfjax params (conv kernels HWIO, dense kernels (in, out), the first dense
+  """Copies zfjax params into the torch model.
+
+  Copy zfjax params (conv kernels HWIO, dense kernels (in, out), the first dense
   layer's rows in HWC order) into `model` (OIHW, (out, in), CHW order)."""
   state = {}
   for name in model.order:
@@ -222,10 +224,11 @@ class Occlusion(NamedTuple):
 
 def occlusion_naive(model: TorchConvNet, image, patch: int, stride: int, fill: float,
                     layer: str) -> Occlusion:
-  """Occlusion by brute force: the whole network on every occluded copy of one (H, W, C)
-  NHWC image. Occluder (i, j) sets rows i*stride .. i*stride+patch-1 and the same columns
-  to `fill`, for i < (H - patch) // stride + 1 (likewise j). The feature map is the map of
-  `layer` holding the unoccluded image's largest activation (first channel on ties)."""
+  """Occlusion by brute force: the whole network on every occluded copy of one (H, W, C) NHWC image.
+
+  Occluder (i, j) sets rows i*stride .. i*stride+patch-1 and the same columns to `fill`, for
+  i < (H - patch) // stride + 1 (likewise j). The feature map is the map of `layer` holding
+  the unoccluded image's largest activation (first channel on ties)."""
   image = np.asarray(image, np.float32)
   height, width = image.shape[:2]
   rows, cols = (height - patch) // stride + 1, (width - patch) // stride + 1

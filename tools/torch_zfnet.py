@@ -150,8 +150,10 @@ def max_pool(x: torch.Tensor, return_indices: bool = False):
 
 
 def load_flax_params(model: TorchZFNet, params) -> TorchZFNet:
-  """Copy zfjax's params {'conv1': {'kernel' HWIO, 'bias'}, ..., 'fc6': {'kernel' (in, out)}}
-  into `model`. fc6's rows are permuted from zfjax's HWC flattening to torch's CHW."""
+  """Copy zfjax's params {'conv1': {'kernel' HWIO, 'bias'}, ..., 'fc6'.
+
+  {'kernel' (in, out)}} into `model`. fc6's rows are permuted from zfjax's HWC flattening to
+  torch's CHW."""
   state = {}
   for i in range(1, 6):
     kernel = np.asarray(params[f'conv{i}']['kernel'])
@@ -173,7 +175,9 @@ def random_flax_params(num_classes: int = 10,
                        conv_features: Sequence[int] = (96, 256, 384, 384, 256),
                        fc_features: Sequence[int] = (64, 64), seed: int = 0,
                        bias_range: tuple[float, float] = (0.0, 0.1)) -> dict:
-  """zfjax-layout params (numpy) with He-normal kernels and small random biases, uniform
+  """Random zfjax-layout params that keep every layer alive.
+
+  zfjax-layout params (numpy) with He-normal kernels and small random biases, uniform
   on `bias_range` (default small positive): with images on a [-100, 100] scale every conv
   layer has nonzero activations (the paper's normal(1e-2) init leaves conv5 nearly dead).
   Negative biases make post-ReLU zeros, hence tied pooling windows, on blank input."""
@@ -203,7 +207,8 @@ def random_images(n: int, seed: int = 0, scale: float = 100.0, size: int = 224) 
 
 def to_nchw(images) -> torch.Tensor:
   """NHWC numpy/jax images -> NCHW float32 torch tensor."""
-  return torch.from_numpy(np.ascontiguousarray(np.asarray(images, np.float32).transpose(0, 3, 1, 2)))
+  nhwc = np.asarray(images, np.float32)
+  return torch.from_numpy(np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2)))
 
 
 # ---------------------------------------------------------------------- the deconvnet
@@ -211,9 +216,11 @@ def to_nchw(images) -> torch.Tensor:
 
 def forward_with_switches(model: TorchZFNet, image: torch.Tensor, layer: str,
                           ties: str = 'first'):
-  """Run one (1, 3, H, W) image up to `layer`: its post-ReLU map and, for every pool
-  below it, (name, switches, input shape). `ties`: 'first' (torch's and the paper's rule)
-  or 'last' maximum of a window in row-major order (only to show that tests can tell)."""
+  """Run one (1, 3, H, W) image up to `layer`.
+
+  Its post-ReLU map and, for every pool below it, (name, switches, input shape). `ties`:
+  'first' (torch's and the paper's rule) or 'last' maximum of a window in row-major order
+  (only to show that tests can tell)."""
   switches = []
   x = image
   for name in model.order[:model.order.index(layer) + 1]:
@@ -228,8 +235,9 @@ def forward_with_switches(model: TorchZFNet, image: torch.Tensor, layer: str,
 
 
 def window_switches(x: torch.Tensor, last: bool = False) -> torch.Tensor:
-  """Switches of 3x3/2 ceil-mode max pooling written out (unfold + argmax): the flat
-  H*W index of each window's first (or `last`) maximum in row-major order."""
+  """Switches of 3x3/2 ceil-mode max pooling written out (unfold + argmax).
+
+  The flat H*W index of each window's first (or `last`) maximum in row-major order."""
   n, c, h, w = x.shape
   out_h, out_w = (math.ceil((s - POOL_WINDOW) / POOL_STRIDE) + 1 for s in (h, w))
   pad_h, pad_w = ((o - 1) * POOL_STRIDE + POOL_WINDOW - s for o, s in ((out_h, h), (out_w, w)))
@@ -249,7 +257,9 @@ def last_switches(x: torch.Tensor) -> torch.Tensor:
 
 
 def strongest(maps: torch.Tensor, channels: Sequence[int]) -> tuple[torch.Tensor, ...]:
-  """For a (1, C, H, W) map: the (K,) flat argmax (first in row-major order on ties) and
+  """The flat argmax and value of each listed channel's map.
+
+  For a (1, C, H, W) map: the (K,) flat argmax (first in row-major order on ties) and
   values of the given channels."""
   flat = maps[0, list(channels)].reshape(len(channels), -1)
   where = torch.argmax(flat, dim=1)
@@ -266,7 +276,9 @@ def seeds(maps: torch.Tensor, channels: Sequence[int]) -> torch.Tensor:
 
 
 def unpool(signal: torch.Tensor, switches: torch.Tensor, input_shape) -> torch.Tensor:
-  """Put each value of a (K, C, h, w) signal back at its switch in a (K, C, H, W) map,
+  """Unpooling: each value of a signal added back at its switch.
+
+  Put each value of a (K, C, h, w) signal back at its switch in a (K, C, H, W) map,
   ADDING values whose windows share a switch (the adjoint of max-pool selection)."""
   k, c = signal.shape[:2]
   h, w = input_shape[-2:]
@@ -278,7 +290,9 @@ def unpool(signal: torch.Tensor, switches: torch.Tensor, input_shape) -> torch.T
 
 def transposed_conv(model: TorchZFNet, name: str, signal: torch.Tensor,
                     input_size: int) -> torch.Tensor:
-  """Filter a signal with conv `name`'s filters transposed (no bias), output padding
+  """A signal filtered by conv `name`'s transposed filters.
+
+  Filter a signal with conv `name`'s filters transposed (no bias), output padding
   where the stride left input rows unused (conv1: 110 -> 224)."""
   kernel, stride, padding = CONV_GEOMETRY[int(name[4:]) - 1]
   out_size = (signal.shape[-1] - 1) * stride - 2 * padding + kernel
@@ -307,6 +321,7 @@ def literal_deconvnet_image(model: TorchZFNet, image: torch.Tensor, layer: str,
 def literal_deconvnet(model: TorchZFNet, images: torch.Tensor, layer: str,
                       channels: Sequence[int], ties: str = 'first') -> torch.Tensor:
   """(N, K, 3, H, W) projections of channels' strongest activations in NCHW images.
+
   `ties='last'` breaks pooling ties the other way (a deliberately wrong variant)."""
   return torch.stack([literal_deconvnet_image(model, image, layer, list(channels), ties)
                       for image in images])
@@ -378,8 +393,9 @@ def rule_layer(model: TorchZFNet, name: str, rule: str):
 
 def autograd_projection_image(model: TorchZFNet, image: torch.Tensor, layer: str,
                               channels: Sequence[int], rule: str = 'deconvnet') -> torch.Tensor:
-  """(K, 3, H, W): gradient of each channel's strongest activation, times that activation,
-  w.r.t. the image, each ReLU's backward replaced according to `rule`."""
+  """(K, 3, H, W): gradient of each channel's strongest activation, times that activation, w.r.t.
+
+  the image, each ReLU's backward replaced according to `rule`."""
   x = image[None].clone().requires_grad_(True)
   maps = x
   for name in model.order[:model.order.index(layer) + 1]:
@@ -437,7 +453,9 @@ CAPTUM_METHODS = {'deconvnet': 'NeuronDeconvolution', 'guided': 'NeuronGuidedBac
 def captum_projection(model: TorchZFNet, images: torch.Tensor, layer: str,
                       channels: Sequence[int], rule: str = 'deconvnet',
                       batch_images: bool = True, where=None) -> torch.Tensor:
-  """(N, K, 3, H, W) projections by Captum's NeuronDeconvolution / NeuronGuidedBackprop /
+  """Projections by Captum's neuron attributions, rescaled by the activation.
+
+  (N, K, 3, H, W) projections by Captum's NeuronDeconvolution / NeuronGuidedBackprop /
   NeuronGradient on the post-ReLU map (`model.relu<i>`), rescaled by the activation
   (Captum seeds with 1). One backward pass per (image, channel), or with `batch_images`
   one per channel over all images (a callable neuron selector picks each image's own

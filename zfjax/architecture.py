@@ -35,8 +35,10 @@ class Conv:
 
 @dataclasses.dataclass(frozen=True)
 class Pool:
-  """Max pooling. `ceil=True`: windows start at 0 and the last may overhang the end
-  (cuda-convnet / torch ceil_mode); the overhang is padded with -inf."""
+  """Max pooling.
+
+  `ceil=True`: windows start at 0 and the last may overhang the end (cuda-convnet / torch
+  ceil_mode); the overhang is padded with -inf."""
   name: str
   window: int = 3
   stride: int = 2
@@ -45,7 +47,8 @@ class Pool:
 
 @dataclasses.dataclass(frozen=True)
 class Norm:
-  """Local response normalization across maps, AlexNet's formula:
+  """Local response normalization across maps, AlexNet's formula.
+
   b_c = a_c / (k + alpha * sum_{|c'-c| <= size//2} a_c'^2) ** beta.
   (torch.nn.LocalResponseNorm divides alpha by size: torch alpha = alpha * size.)"""
   name: str
@@ -86,9 +89,11 @@ def zfnet(num_classes: int = 1000,
           dropout: float = 0.5,
           norm_before_pool: bool = False,
           norm: Norm | None = None) -> Spec:
-  """ZFNet as in the paper's Fig. 3. `norm_before_pool=True` gives pytorchcv's layout
-  (normalize right after conv1/conv2's ReLU, then pool); `norm` overrides the
-  normalization's constants (its name is replaced per layer)."""
+  """ZFNet as in the paper's Fig. 3.
+
+  `norm_before_pool=True` gives pytorchcv's layout (normalize right after conv1/conv2's
+  ReLU, then pool); `norm` overrides the normalization's constants (its name is replaced per
+  layer)."""
   c1, c2, c3, c4, c5 = conv_features
   norm = norm or Norm('norm')
   def block(i):
@@ -115,6 +120,7 @@ def alexnet(num_classes: int = 1000,
             fc_features: Sequence[int] = (4096, 4096),
             dropout: float = 0.5) -> Spec:
   """AlexNet as the paper replicated it: one tower, 11x11/4 conv1, normalize then pool.
+
   Padding 2 on conv1 and conv2 gives AlexNet's 55/27/13/6 maps from a 224 input."""
   c1, c2, c3, c4, c5 = conv_features
   return (
@@ -133,8 +139,9 @@ def _classifier(num_classes, fc_features, dropout) -> Spec:
 
 
 def without(spec: Spec, *names: str) -> Spec:
-  """The spec with the named layers removed (Table 3's ablations). The last dense layer
-  keeps its name: removing fc6 and fc7 from ZFNet leaves pool5 -> fc8."""
+  """The spec with the named layers removed (Table 3's ablations).
+
+  The last dense layer keeps its name: removing fc6 and fc7 from ZFNet leaves pool5 -> fc8."""
   _check_names(spec, names)
   return tuple(layer for layer in spec if layer.name not in names)
 
@@ -238,7 +245,9 @@ def num_params(spec: Spec, input_shape: Sequence[int] = INPUT_SHAPE) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Window:
-  """Affine map from a unit's position at some layer to a window of a lower layer's
+  """Affine map from a unit's position to the window it sees at a lower layer.
+
+  Affine map from a unit's position at some layer to a window of a lower layer's
   output (or the input image): the unit at (y, x) sees rows `y * stride + offset` up to
   `+ size` (exclusive) and likewise for columns. `offset` may be negative and the window
   may run past the end: those cells are padding."""
@@ -251,7 +260,9 @@ class Window:
 
 
 def windows(spec: Spec, name: str) -> list[tuple[str, Window]]:
-  """For a unit of map layer `name`, its window at every layer below it, top to bottom,
+  """A unit's window at every layer below map layer `name`, down to the pixels.
+
+  For a unit of map layer `name`, its window at every layer below it, top to bottom,
   ending with ('input', window in pixels). The first entry is (name, Window(1, 0, 1)).
 
   A unit's input window at a conv (kernel k, stride s, pad p) or pool layer grows to
@@ -270,10 +281,12 @@ def windows(spec: Spec, name: str) -> list[tuple[str, Window]]:
 
 def receptive_field(spec: Spec, name: str, y: int, x: int,
                     input_shape: Sequence[int] = INPUT_SHAPE):
-  """The pixels that unit (y, x) of map layer `name` sees: ((row_start, row_stop),
-  (col_start, col_stop)), stops exclusive. Exact: at every layer the window is clipped
-  to the map, since padding cells carry no pixels, so near borders it is smaller than
-  the nominal window of `windows` (which the deconvnet uses for its static cone)."""
+  """The pixels that unit (y, x) of map layer `name` sees.
+
+  ((row_start, row_stop), (col_start, col_stop)), stops exclusive. Exact: at every layer the
+  window is clipped to the map, since padding cells carry no pixels, so near borders it is
+  smaller than the nominal window of `windows` (which the deconvnet uses for its static
+  cone)."""
   sizes = shapes(spec, input_shape)
   rows, cols = (y, y + 1), (x, x + 1)
   for record, input_name in _layers_below(spec, name):
@@ -325,7 +338,9 @@ def small_zfnet(num_classes: int = 10,
                 conv_features: Sequence[int] = (32, 64, 96, 96, 64),
                 fc_features: Sequence[int] = (256, 256),
                 dropout: float = 0.5) -> Spec:
-  """ZFNet's layer sequence (conv-pool-norm twice, three convs, pool, two fc) scaled
+  """ZFNet's layer sequence scaled down for 32x32 inputs (the offline digits run).
+
+  ZFNet's layer sequence (conv-pool-norm twice, three convs, pool, two fc) scaled
   down for 32x32 inputs (the offline digits run): 3x3/1 convs, the same 3x3/2 ceil pools
   and normalization: 32 -> 16 -> 8 -> 4x4xC5 into fc6."""
   c1, c2, c3, c4, c5 = conv_features
@@ -347,9 +362,10 @@ def torchvision_alexnet(num_classes: int = 1000,
                         conv_features: Sequence[int] = (64, 192, 384, 256, 256),
                         fc_features: Sequence[int] = (4096, 4096),
                         dropout: float = 0.5) -> Spec:
-  """torchvision's `alexnet` (the "one weird trick" single-tower AlexNet): 11x11/4 pad 2
-  and 5x5/1 pad 2 convs, 3x3/2 floor-mode pools, no normalization, AdaptiveAvgPool2d to
-  6x6 (the identity on 224x224 inputs), then fc 4096, 4096, C.
+  """torchvision's `alexnet` (the "one weird trick" single-tower AlexNet).
+
+  11x11/4 pad 2 and 5x5/1 pad 2 convs, 3x3/2 floor-mode pools, no normalization,
+  AdaptiveAvgPool2d to 6x6 (the identity on 224x224 inputs), then fc 4096, 4096, C.
 
   Dropout differs only in training: torchvision drops the inputs of fc6 and fc7
   (Dropout, Linear, ReLU, Dropout, Linear, ReLU, Linear), `Dense` drops the outputs of
@@ -370,10 +386,11 @@ PYTORCHCV_NORM = Norm('norm', size=5, alpha=1e-4 / 5, beta=0.75, k=2.0)
 
 def pytorchcv_zfnet(num_classes: int = 1000, norm_before_pool: bool = True,
                     **kwargs) -> Spec:
-  """pytorchcv's `zfnet` (and, with conv_features=(96, 256, 512, 1024, 512), `zfnetb`):
-  the paper's geometry with torch's default LocalResponseNorm (size 5, alpha 1e-4 / 5 in
-  AlexNet's formula, beta 0.75, k 2) right after conv1's and conv2's ReLU, before
-  pooling. Other keyword arguments go to `zfnet`."""
+  """pytorchcv's `zfnet` (and, with conv_features=(96, 256, 512, 1024, 512), `zfnetb`).
+
+  The paper's geometry with torch's default LocalResponseNorm (size 5, alpha 1e-4 / 5 in
+  AlexNet's formula, beta 0.75, k 2) right after conv1's and conv2's ReLU, before pooling.
+  Other keyword arguments go to `zfnet`."""
   if not norm_before_pool:
     raise ValueError('pytorchcv_zfnet normalizes before pooling; norm_before_pool=False '
                      'is the paper\'s zfnet')
@@ -385,7 +402,8 @@ SPECS = {'zfnet': zfnet, 'zfnet_wide': zfnet_wide, 'alexnet': alexnet,
          'pytorchcv_zfnet': pytorchcv_zfnet}
 
 
-# Table 3's rows (the paper's ablations) as layers: (family, conv1..conv5 maps, fc6/fc7 units, removed layers).
+# Table 3's rows (the paper's ablations) as layers:
+# (family, conv1..conv5 maps, fc6/fc7 units, removed layers).
 ZFNET_MAPS = (96, 256, 384, 384, 256)
 WIDE_MAPS = (96, 256, 512, 1024, 512)
 FC_UNITS = (4096, 4096)

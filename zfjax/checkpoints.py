@@ -8,29 +8,7 @@
 
     config, params = checkpoints.restore_params('/tmp/zf_digits')  # for the analyses
 
-Which checkpoints stay (`create_manager`): the latest `keep`, the one with the lowest
-validation top-1 error among those saved with metrics, and those at `keep_steps` (the
-epochs kept for the paper's Fig. 4). Orbax writes each checkpoint into a temporary
-directory and renames it when complete, so a run killed mid-save leaves no step that
-`latest_step` would pick: resuming takes the latest complete one.
-
-A checkpoint directory `<workdir>/checkpoints/<step>` holds the whole `TrainState`
-(StandardSave) and, in its step metadata, the config that trained it.
-
-Damaged or foreign checkpoints: `restore` and `restore_params` first compare the arrays a
-checkpoint lists (its metadata) with the ones wanted (the abstract state, or the model
-that the checkpoint's config describes), then read them; anything wrong -- an array file
-deleted or truncated, unreadable metadata, another architecture's shapes -- raises
-`CheckpointError` (a ValueError) with one line naming the checkpoint directory and the
-problem. `restore_latest` (training's resume) tries the steps newest first: it skips a
-step that cannot be restored with a warning, renames it to `<step>.unrestorable` (kept for
-inspection, out of the way of a new save of that step) once an older one restores, and
-raises CheckpointError listing every step's problem when none does. Changed bytes that
-still decode (a flipped bit in an array's data) are not detected: Orbax keeps no checksums.
-
-A save the file system refuses (disk full, read-only, no permission) raises
-`CheckpointWriteError` from the next `save` or `wait`; the step stays a temporary
-directory, so the complete checkpoints before it still restore.
+What is kept and checked, and how damaged checkpoints are handled: docs/checkpoints.md.
 """
 
 from __future__ import annotations
@@ -67,9 +45,10 @@ class CheckpointError(ValueError):
 
 
 class CheckpointWriteError(OSError):
-  """A save that the file system refused (disk full, read-only, no permission, file size
-  limit). The step's temporary directory is left incomplete, so no complete checkpoint
-  is replaced: the previous ones still restore."""
+  """A save that the file system refused (disk full, read-only, no permission, file size limit).
+
+  The step's temporary directory is left incomplete, so no complete checkpoint is replaced:
+  the previous ones still restore."""
 
 
 def _best_metric(metrics: dict) -> float:
@@ -78,7 +57,9 @@ def _best_metric(metrics: dict) -> float:
 
 def create_manager(directory: PathLike, *, keep: int = 3, keep_steps: Sequence[int] = (),
                    async_save: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
-  """A CheckpointManager for `directory` keeping the latest `keep` checkpoints, the best
+  """A CheckpointManager keeping the latest, the best and the chosen steps.
+
+  A CheckpointManager for `directory` keeping the latest `keep` checkpoints, the best
   by validation error (checkpoints saved with metrics {'top1_error': ...}), and those at
   `keep_steps`. Saves happen only when `save` is called."""
   keep_policy = policies.AnyPreservationPolicy([
@@ -99,9 +80,10 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, *,
          metrics: Optional[dict] = None, config: Optional[ml_collections.ConfigDict] = None
          ) -> None:
   """Starts an asynchronous save of `state` as step `step` (every process must call it).
+
   `metrics` (e.g. {'top1_error': e}) ranks it for the best-checkpoint rule; `config` is
-  stored in the step's metadata so the checkpoint is self-describing. An earlier save
-  that failed to write raises CheckpointWriteError here or in `wait`."""
+  stored in the step's metadata so the checkpoint is self-describing. An earlier save that
+  failed to write raises CheckpointWriteError here or in `wait`."""
   custom = {'config': json.loads(config.to_json())} if config is not None else None
   metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
   with _writing(manager):
@@ -110,8 +92,9 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, *,
 
 
 def wait(manager: ocp.CheckpointManager) -> None:
-  """Waits for the asynchronous saves to finish; CheckpointWriteError when the file
-  system refused one."""
+  """Waits for the asynchronous saves to finish.
+
+  CheckpointWriteError when the file system refused one."""
   with _writing(manager):
     manager.wait_until_finished()
 
@@ -122,7 +105,9 @@ WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
 
 
 def write_failure(error: BaseException) -> Optional[str]:
-  """The OS's reason ('No space left on device', ...) when `error` (or one it was raised
+  """The OS's reason when `error` is a write the file system refused, else None.
+
+  The OS's reason ('No space left on device', ...) when `error` (or one it was raised
   from) is a write the file system refused, else None. TensorStore reports these as a
   ValueError carrying os_error_code='N'."""
   for link in _chain(error):
@@ -148,7 +133,9 @@ def _writing(manager):
 
 def restore(manager: ocp.CheckpointManager, abstract_state: Any,
             step: Optional[int] = None) -> Any:
-  """The state saved at `step` (default: the latest complete checkpoint), laid out as
+  """The state saved at `step`, restored into the layout of `abstract_state`.
+
+  The state saved at `step` (default: the latest complete checkpoint), laid out as
   `abstract_state` says: a pytree of jax.ShapeDtypeStruct with shardings, e.g.
   `jax.eval_shape` of the state's constructor with the target shardings attached. The
   checkpoint may come from any number of devices or processes. CheckpointError (one line
@@ -167,7 +154,9 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any,
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple[int, Any]:
-  """(step, state) of the newest checkpoint that `restore` can restore into
+  """The newest checkpoint that restores, as (step, state); damaged steps are set aside.
+
+  (step, state) of the newest checkpoint that `restore` can restore into
   `abstract_state`, trying the steps newest first; (0, None) when there are none. A step
   that fails is skipped with a warning naming it and why, and once an older one restores
   it is renamed `<step>.unrestorable` (by process 0) so that training can save that step
@@ -207,7 +196,9 @@ def _set_aside(manager: ocp.CheckpointManager, steps: Sequence[int]) -> None:
 
 
 def abstract(tree: Any, sharding: Optional[jax.sharding.Sharding] = None) -> Any:
-  """jax.ShapeDtypeStruct leaves for a pytree of arrays (or of ShapeDtypeStructs), each
+  """jax.ShapeDtypeStruct leaves for a pytree, with a sharding.
+
+  jax.ShapeDtypeStruct leaves for a pytree of arrays (or of ShapeDtypeStructs), each
   with `sharding` (default: the leaf's own)."""
   def leaf(x):
     return jax.ShapeDtypeStruct(x.shape, x.dtype,
@@ -219,7 +210,9 @@ def abstract(tree: Any, sharding: Optional[jax.sharding.Sharding] = None) -> Any
 
 
 def leaf_name(path: Sequence[Any]) -> str:
-  """'params/conv1/kernel': a pytree key path (dict keys, attributes, indices) as the
+  """The name Orbax stores an array under, from its pytree key path.
+
+  'params/conv1/kernel': a pytree key path (dict keys, attributes, indices) as the
   names Orbax stores arrays under, joined by '/'."""
   parts = []
   for key in path:
@@ -239,7 +232,9 @@ def shapes_of(tree: Any) -> dict[str, tuple[int, ...]]:
 
 
 def stored_arrays(directory: PathLike) -> Any:
-  """The tree of array metadata (shape, dtype) that a checkpoint directory lists, without
+  """The array metadata a checkpoint directory lists, without reading any array.
+
+  The tree of array metadata (shape, dtype) that a checkpoint directory lists, without
   reading any array; CheckpointError when it has none or it cannot be read."""
   directory = pathlib.Path(directory)
   item = directory / DEFAULT_ITEM
@@ -265,7 +260,9 @@ def stored_arrays(directory: PathLike) -> Any:
 
 
 def _ocdbt_names(layout: Any, prefix: str = '') -> Optional[list]:
-  """The Orbax names ('params.conv1.kernel') of the arrays that an OCDBT/zarr v2
+  """The array names an OCDBT checkpoint's _METADATA lists, or None.
+
+  The Orbax names ('params.conv1.kernel') of the arrays that an OCDBT/zarr v2
   checkpoint's _METADATA lists, those starting with `prefix`; None for another layout
   (or a _METADATA this code does not know), which is then left to Orbax alone."""
   if not (isinstance(layout, dict) and layout.get('use_ocdbt') and not layout.get('use_zarr3')
@@ -290,7 +287,9 @@ def _ocdbt_spec(directory: pathlib.Path) -> dict:
 
 
 def _check_store(directory: pathlib.Path, layout: Any) -> None:
-  """CheckpointError unless the OCDBT store holds a readable zarr header for every array
+  """Checks that the OCDBT store holds a readable header for every listed array.
+
+  CheckpointError unless the OCDBT store holds a readable zarr header for every array
   that _METADATA lists, read one at a time: a failure inside Orbax's parallel reads would
   leave the others failing in the background, printing tracebacks."""
   import tensorstore as ts  # pylint: disable=import-outside-toplevel  (Orbax's own store)
@@ -319,7 +318,9 @@ def _check_store(directory: pathlib.Path, layout: Any) -> None:
 
 def check_fits(directory: PathLike, stored: Any, wanted: Any,
                what: str = 'the model') -> None:
-  """CheckpointError unless the stored tree (`stored_arrays`) has exactly the arrays of
+  """Checks that a checkpoint holds exactly the wanted arrays, of the same shapes.
+
+  CheckpointError unless the stored tree (`stored_arrays`) has exactly the arrays of
   `wanted` (arrays or ShapeDtypeStructs), of the same shapes; the message says what the
   checkpoint does not fit (`what`) and names the first array that differs, e.g.
   'params/conv1/kernel has shape (7, 7, 3, 96), the model expects (3, 3, 3, 32)'."""
@@ -341,7 +342,9 @@ def check_fits(directory: PathLike, stored: Any, wanted: Any,
 
 
 def verify_arrays(directory: PathLike, prefix: str = '') -> None:
-  """Reads, one at a time, every array of a checkpoint whose Orbax name
+  """Reads every array under `prefix` once, naming the first that fails.
+
+  Reads, one at a time, every array of a checkpoint whose Orbax name
   ('params.conv1.kernel') starts with `prefix`, straight from its OCDBT/zarr store, and
   raises CheckpointError naming the first that cannot be read. Orbax's restore, on a
   damaged array, leaves its other reads running in the background, where they fail later
@@ -397,8 +400,7 @@ def _chain(error: BaseException) -> list:
 
 
 def _reason(error: BaseException) -> str:
-  """The innermost cause's first line, shortened: after its last ': ', at most 160
-  characters."""
+  """The innermost cause's first line, shortened: after its last ': ', at most 160 characters."""
   inner = _chain(error)[-1]
   lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
   reason = lines[0].split(' [tensorstore_spec')[0] if lines else type(inner).__name__
@@ -410,9 +412,11 @@ def _reason(error: BaseException) -> str:
 
 
 def find_checkpoint(path: PathLike, step: Union[int, str] = 'latest') -> pathlib.Path:
-  """The directory of one checkpoint. `path`: a workdir (holding checkpoints/), a
-  checkpoints directory, or a step directory itself. `step`: an int, 'latest', or 'best'
-  (lowest validation top-1 error among checkpoints saved with metrics)."""
+  """The directory of one checkpoint.
+
+  `path`: a workdir (holding checkpoints/), a checkpoints directory, or a step directory
+  itself. `step`: an int, 'latest', or 'best' (lowest validation top-1 error among
+  checkpoints saved with metrics)."""
   path = pathlib.Path(path).absolute()
   if (path / CHECKPOINTS).is_dir():
     path = path / CHECKPOINTS
@@ -489,7 +493,9 @@ def restore_params(path: PathLike, step: Union[int, str] = 'latest', *,
 
 def _expected_params(config: Optional[ml_collections.ConfigDict],
                      stored: dict) -> Optional[dict]:
-  """{layer: {'kernel', 'bias'} shapes} of the model `config` describes, with the class
+  """The param shapes of the model `config` describes, or None.
+
+  {layer: {'kernel', 'bias'} shapes} of the model `config` describes, with the class
   count of the stored last layer; None when there is no config or it builds no model
   here (then nothing is checked)."""
   if config is None:
@@ -505,9 +511,10 @@ def _expected_params(config: Optional[ml_collections.ConfigDict],
 
 
 def param_shapes(spec, input_shape: Sequence[int]) -> dict:
-  """{layer: {'kernel', 'bias'}} as jax.ShapeDtypeStruct: the params of a spec's ConvNet
-  on inputs of `input_shape` (H, W, C), from jax.eval_shape of its init (nothing is
-  computed or compiled)."""
+  """{layer: {'kernel', 'bias'}} as jax.ShapeDtypeStruct.
+
+  The params of a spec's ConvNet on inputs of `input_shape` (H, W, C), from jax.eval_shape
+  of its init (nothing is computed or compiled)."""
   images = jax.ShapeDtypeStruct((1, *input_shape), 'float32')
   return jax.eval_shape(models.ConvNet(spec).init, jax.random.key(0), images)['params']
 

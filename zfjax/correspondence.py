@@ -7,34 +7,7 @@
                                 {'right eye': r, 'left eye': l, 'nose': n})
     rows['mean'][i, j], rows['std'][i, j]   # row rows['rows'][i], layer rows['columns'][j]
 
-Images x_1..x_N (the paper: 5 frontal dog images) have the same part occluded in each:
-box i = (row, col, height, width) of image i, in pixels, covering rows row .. row+height-1
-and columns col .. col+width-1, filled with `fill` (model input space: 0.0 is the mean
-pixel). At layer l, eps_i = f_l(x_i) - f_l(x~_i), the change of the flattened (HWC order)
-feature vector. Delta_l sums the Hamming distances between sign(eps_i) and sign(eps_j)
-over the pairs i != j; a low Delta_l means the occlusion changed the features the same
-way in every image: the network relates the part across images.
-
-Our choices (the paper gives none of them):
-- Normalization: each Hamming distance is divided by the vector length D, and the sum by
-  the number of ordered pairs N(N-1), so Delta_l is the mean over pairs of the fraction of
-  coordinates whose signs differ, in [0, 1]. (Each unordered pair counts twice in the
-  paper's sum over i != j; dividing by N(N-1) makes that the mean over unordered pairs.)
-- Signs are three-valued: -1, 0, +1 (jnp.sign). A coordinate whose change is exactly zero
-  (|eps| <= `tolerance`, default 0) has sign 0; 0 equals 0, and 0 differs from +1 and -1.
-  Units that the occluder cannot reach, or that stay at zero after the ReLU, therefore
-  agree across images.
-- Random baseline: for each of `num_random` draws, each image gets a box of its own
-  part box's height and width at a uniformly random position inside the image
-  (independent across images and draws, from `key`), and Delta_l is computed as above.
-  random_mean / random_std are the mean and standard deviation over the draws.
-- The spread of a part (`pair_std`; Table 1's "+-"): the standard deviation over the
-  unordered pairs of their normalized Hamming distances.
-
-Default layers conv5 and fc7: the paper's layers 5 and 7, post-ReLU. Every occlusion
-set (the part, each random draw) is one forward pass of the N originals and their N
-occluded copies (together, so unaffected units cancel exactly); `batch_size` sets how many
-sets share a pass.
+Semantics and the choices the paper leaves open: docs/analyses.md (zfjax.correspondence).
 """
 
 from __future__ import annotations
@@ -74,8 +47,9 @@ def signs(eps: Array, tolerance=0.0) -> Array:
 
 
 def hamming_matrix(eps: Array, tolerance=0.0) -> Array:
-  """(N, N) fraction of coordinates where sign(eps_i) != sign(eps_j); eps (N, ...)
-  flattened per row. 0 vs 0 agrees; 0 vs +-1 differs."""
+  """(N, N) fraction of coordinates where sign(eps_i) != sign(eps_j).
+
+  Eps (N, ...) flattened per row. 0 vs 0 agrees; 0 vs +-1 differs."""
   flat = signs(eps, tolerance).reshape(eps.shape[0], -1)
   one_hot = jnp.stack([flat == -1.0, flat == 0.0, flat == 1.0], axis=-1).astype(jnp.float32)
   agree = jnp.einsum('idk,jdk->ij', one_hot, one_hot, precision=lax.Precision.HIGHEST)
@@ -113,7 +87,9 @@ def occlude(images: Array, boxes: Array, fill=0.0) -> Array:
 
 def draw_random_boxes(key: Array, boxes: Array, image_shape: Sequence[int],
                  num_random: int = NUM_RANDOM) -> Array:
-  """(num_random, N, 4): boxes of the given heights and widths at uniformly random
+  """Boxes of the given sizes at uniformly random positions inside the image.
+
+  (num_random, N, 4): boxes of the given heights and widths at uniformly random
   positions fully inside an image of shape (H, W, ...)."""
   boxes = jnp.asarray(boxes)
   height, width = image_shape[:2]
@@ -200,9 +176,10 @@ def table(model: models.ConvNet, variables, images: Array, parts: dict,
 @functools.partial(jax.jit, static_argnames=('model', 'layers', 'batch_size'))
 def _deltas(model, variables, images, box_sets, fill, tolerance, *, layers, batch_size):
   """Delta and pair std per layer for each of S occlusion sets (S, N, 4): (S,) each.
+
   The originals run in the same forward pass as their occluded copies, so units that the
-  occluder cannot reach get eps exactly 0 even where a backend's arithmetic depends on
-  the batch size."""
+  occluder cannot reach get eps exactly 0 even where a backend's arithmetic depends on the
+  batch size."""
   num_images = images.shape[0]
 
   def one_set(boxes):
@@ -219,7 +196,9 @@ def _deltas(model, variables, images, box_sets, fill, tolerance, *, layers, batc
 
 
 def _check(model, images, parts, layers, random_sets, num_random, batch_size):
-  """Validated (P, N, 4) part boxes ({name in messages: boxes}) and (R, N, 4) random
+  """The part boxes and random boxes, validated, as numpy.
+
+  Validated (P, N, 4) part boxes ({name in messages: boxes}) and (R, N, 4) random
   boxes (or None), as numpy."""
   models.check_images(images, model.spec)
   num_images, height, width, _ = images.shape

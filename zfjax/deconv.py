@@ -4,31 +4,7 @@
     # (N, K, H, W, 3): image n, channel channels[k]: the projection of that channel's
     # strongest activation in image n.
 
-To see what excites one activation, keep it (its own post-ReLU value at its location),
-set every other activation of its layer to zero, and pass the map down: unpool at the
-switches recorded by the forward pass, rectify, filter with the transposed filters (no
-bias), down to pixel space. Normalization layers are passed through.
-
-Choices the paper leaves open, and what this module does:
-- Switches: the argmax of each pooling window over (value, index) pairs, computed with
-  `lax.reduce_window`; ties go to the first maximum in row-major order (torch's rule, and
-  XLA's select-and-scatter's). Post-ReLU maps have many all-zero windows, so ties matter.
-- Pools overlap (3x3, stride 2): two outputs can share a switch, and their values ADD
-  (the adjoint of the pooling selection; torch's max_unpool2d would overwrite).
-- Ceil-mode pools pad their overhang with -inf, which never wins a window.
-- Rules: 'deconvnet' rectifies the signal (ReLU backward = relu(g)) and passes
-  normalization through; 'guided' (Springenberg et al. 2015) also masks by the forward
-  sign, relu(g) * (a > 0), and 'backprop' (the saliency map of Simonyan et al. 2014) is the
-  plain gradient g * (a > 0); both use the normalization's true gradient.
-
-Two implementations of the same numbers (the tests check that they agree):
-- method='literal' (default, faster): the chain above, run only inside the unit's cone.
-  A unit of conv5 sees a 3x3 window of conv4's output, 15x15 of conv2's, 67x67 of conv1's
-  and 139x139 pixels; everything outside is exactly zero. One forward pass per batch
-  caches every map and the switches; each unit slices its windows (static sizes, dynamic
-  offsets from `architecture.windows`), and units are vmapped in chunks.
-- method='gradient': the VJP of the forward pass of the same module with its ReLU and
-  normalization swapped for versions whose backward is the rule's (`model.clone`).
+Semantics and the choices the paper leaves open: docs/analyses.md (zfjax.deconv).
 """
 
 from __future__ import annotations
@@ -51,7 +27,9 @@ METHODS = ('literal', 'gradient')
 
 
 class Units(NamedTuple):
-  """Selected activations: for unit m, image `image[m]`, channel `channel[m]`, position
+  """Selected activations of a post-ReLU map, with their values.
+
+  Selected activations: for unit m, image `image[m]`, channel `channel[m]`, position
   (`y[m]`, `x[m]`) of the layer's post-ReLU map, and its value there."""
   image: Array
   channel: Array
@@ -92,9 +70,10 @@ def project(model: models.ConvNet, variables, images: Array, layer: str, channel
 def project_units(model: models.ConvNet, variables, images: Array, layer: str,
                   image, channel, y, x, rule: str = 'deconvnet', method: str = 'literal',
                   chunk_size: int = 64) -> Array:
-  """Projections of explicit activations: unit m is (image[m], channel[m], y[m], x[m])
-  of `layer`'s post-ReLU map, seeded with its own value. Returns (M, H, W, 3).
-  This is how the top-9 search hands in its finds."""
+  """Projections of explicit activations.
+
+  Unit m is (image[m], channel[m], y[m], x[m]) of `layer`'s post-ReLU map, seeded with its
+  own value. Returns (M, H, W, 3). This is how the top-9 search hands in its finds."""
   channel = _check(model, images, layer, channel, rule, method, chunk_size)
   image, y, x = (jnp.asarray(a, jnp.int32).reshape(-1) for a in (image, y, x))
   if not image.shape == channel.shape == y.shape == x.shape:
@@ -111,7 +90,9 @@ def project_units(model: models.ConvNet, variables, images: Array, layer: str,
 
 
 def strongest(feature_map: Array, channels: Array) -> Units:
-  """The largest activation of each listed channel in each image of an (N, H, W, C)
+  """Each listed channel's largest activation in each image.
+
+  The largest activation of each listed channel in each image of an (N, H, W, C)
   map, as Units of N * K entries in (image, channel) order. Ties: first in row-major."""
   n, _, width, _ = feature_map.shape
   maps = jnp.moveaxis(feature_map[..., channels], -1, 1)  # (N, K, H, W)
@@ -125,7 +106,9 @@ def strongest(feature_map: Array, channels: Array) -> Units:
 
 
 def switches(x: Array, record: Pool) -> Array:
-  """For each output of max pool `record` over the NHWC map x, the position of its
+  """Max pooling's switches: where each window's maximum lies.
+
+  For each output of max pool `record` over the NHWC map x, the position of its
   window's maximum inside the window, dy * window + dx (ties: first in row-major
   order). Same shape as the pool's output, int32."""
   n, height, width, c = x.shape
@@ -150,9 +133,11 @@ def switches(x: Array, record: Pool) -> Array:
 
 
 def unpool(signal: Array, where: Array, record: Pool) -> Array:
-  """Adjoint of max pooling at recorded switches: each value of `signal` (..., h, w, C)
-  goes to its window's maximum; values that share a cell add. Returns the full extent
-  of the windows, ((h - 1) * stride + window) per spatial axis."""
+  """Adjoint of max pooling at recorded switches.
+
+  Each value of `signal` (..., h, w, C) goes to its window's maximum; values that share a
+  cell add. Returns the full extent of the windows, ((h - 1) * stride + window) per spatial
+  axis."""
   k, s = record.window, record.stride
   spatial = signal.ndim - 3
   out = 0.0
@@ -166,8 +151,9 @@ def unpool(signal: Array, where: Array, record: Pool) -> Array:
 
 
 def transpose_conv(signal: Array, kernel: Array, record: Conv) -> Array:
-  """The conv's filters transposed (flipped, in/out swapped), no bias, over the full
-  extent: (h, w) -> ((h - 1) * stride + kernel) per axis, before removing padding."""
+  """The conv's filters transposed (flipped, in/out swapped), no bias, over the full extent.
+
+  (h, w) -> ((h - 1) * stride + kernel) per axis, before removing padding."""
   k = record.kernel
   return lax.conv_transpose(signal, kernel, (record.stride,) * 2, [(k - 1, k - 1)] * 2,
                             dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
@@ -255,7 +241,7 @@ def _project_units(model, variables, images, image, channel, y, x, *, layer, rul
 
 
 def _literal_units(model, variables, maps, where, units, layer, rule, chunk_size):
-  """The deconvnet chain for each unit, restricted to its windows (see module doc)."""
+  """The deconvnet chain for each unit, restricted to its windows (docs/analyses.md)."""
   spec, params = model.spec, variables['params']
   levels = architecture.windows(spec, layer)  # [(name, Window)], layer ... 'input'
   unit_positions = maps[layer].shape[1:3]
@@ -345,8 +331,10 @@ def _valid(window, y, x, map_size):
 
 
 def _place(window_values, row, col, image_size):
-  """A (s, s, 3) window whose top-left pixel is (row, col), on a zero image: a slice of
-  the window padded by the image size (a vmapped slice; an update-slice would scatter)."""
+  """A (s, s, 3) window whose top-left pixel is (row, col), on a zero image.
+
+  A slice of the window padded by the image size (a vmapped slice; an update-slice would
+  scatter)."""
   height, width = image_size
   padded = jnp.pad(window_values, ((height, height), (width, width), (0, 0)))
   return lax.dynamic_slice(padded, (height - row, width - col, 0),

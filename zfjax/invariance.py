@@ -7,36 +7,7 @@
     result.top_class           # (N, A): the most probable class
     sweeps = invariance.paper_sweeps(model, variables, images, labels)  # Fig. 5's three rows
 
-Transforms are pure functions of an (H, W, 3) image or an (N, H, W, 3) batch in the
-model's input space, an amount (a scalar, may be traced) and `fill`, the value of pixels
-that come from outside the image (0.0 = the mean pixel, as the input is mean-subtracted).
-Each is an affine warp sampled with bilinear interpolation
-(`jax.scipy.ndimage.map_coordinates`, order 1) about the image centre ((H-1)/2, (W-1)/2)
-in pixel-index coordinates. A source point straddling the border blends the edge pixels
-with `fill` by their bilinear weights. Integer translations, scale 1 and rotations by
-multiples of 90 degrees sample exact grid points, so they are exact (no blur).
-
-- `translate_vertical(images, pixels)`: content moves down by `pixels` (up if negative).
-- `scale(images, factor)`: zoom about the centre; factor > 1 enlarges the content (the
-  paper's 1 .. 1.8 crops into the image), factor < 1 shrinks it inside a `fill` border.
-- `rotate(images, degrees)`: counter-clockwise as displayed (rows down), so 90 degrees
-  equals `jnp.rot90` of a square image.
-
-Feature vectors (ours; the paper says "layer 1" and "layer 7"): by default 'conv1', the
-post-ReLU output of the first convolution before pooling and normalization, and 'fc7',
-the post-ReLU output of the second fully connected layer; any named layers can be asked
-for. Each is flattened (HWC order) and compared with the untransformed image's by the
-Euclidean distance.
-
-Default grids (ours, spanning the paper's Fig. 5 axes): translation -60 .. 60 pixels in
-steps of 5 (25 amounts), scale 1.0 .. 1.8 in steps of 0.05 (17), rotation 0 .. 350 degrees
-in steps of 10 (36).
-
-All amounts x images run as batches: `lax.map` over chunks of `batch_size` amounts, each
-chunk one forward pass of batch_size x N images (a last partial chunk is padded, so one
-program is compiled per sweep). The untransformed reference is a separate pass of N
-images, so an identity amount gives a distance of zero up to float rounding (exactly zero
-where the backend computes both batch sizes the same way).
+Semantics and the choices the paper leaves open: docs/analyses.md (zfjax.invariance).
 """
 
 from __future__ import annotations
@@ -103,8 +74,9 @@ def rotate(images: Array, degrees, fill=0.0) -> Array:
 
 
 def _cos_sin(degrees: Array) -> tuple[Array, Array]:
-  """cos and sin of an angle in degrees, exact (0, +-1) at multiples of 90: the angle is
-  split into quarter turns, applied by swapping, and a remainder in [-45, 45]."""
+  """cos and sin of an angle in degrees, exact (0, +-1) at multiples of 90.
+
+  The angle is split into quarter turns, applied by swapping, and a remainder in [-45, 45]."""
   quarter = jnp.round(degrees / 90.0)
   rest = jnp.deg2rad(degrees - 90.0 * quarter)
   c, s = jnp.cos(rest), jnp.sin(rest)
@@ -115,8 +87,9 @@ def _cos_sin(degrees: Array) -> tuple[Array, Array]:
 
 
 def _warp(images: Array, source: Callable, fill, centred: bool = False) -> Array:
-  """Output pixel (r, c) = bilinear sample of the input at source(r, c) [, centre]; points
-  outside take `fill`. Works on (H, W, C) or (N, H, W, C)."""
+  """Output pixel (r, c) = bilinear sample of the input at source(r, c) [, centre].
+
+  Points outside take `fill`. Works on (H, W, C) or (N, H, W, C)."""
   images = jnp.asarray(images)
   if images.ndim not in (3, 4):
     raise ValueError(f'expected an (H, W, C) image or an (N, H, W, C) batch, got shape '
@@ -204,7 +177,9 @@ def _sweep(model, variables, images, labels, amounts, fill, *, transform, layers
 
 
 def padded_map(f: Callable, xs, batch_size: int):
-  """lax.map of f over the leading axis of xs (an array or a pytree of them) in chunks of
+  """lax.map of f over the leading axis in evened-out chunks, vmapped within each.
+
+  lax.map of f over the leading axis of xs (an array or a pytree of them) in chunks of
   at most batch_size (vmapped within a chunk), all of one size: as few chunks as
   batch_size allows, evened out, the last padded with copies of the last element (fewer
   copies than there are chunks) and the padding dropped. One chunk shape is compiled;

@@ -76,7 +76,9 @@ class Loaded:
     return preprocess.center_crop(self.mean, self.image_size)
 
   def input(self, image: Any) -> np.ndarray:
-    """One picture (a path, PIL image or array; see zfjax.preprocess) -> this net's input,
+    """One picture -> this net's input, as its evaluation makes it.
+
+    One picture (a path, PIL image or array; see zfjax.preprocess) -> this net's input,
     (image_size, image_size, 3) float32, made as its evaluation makes them."""
     return preprocess.model_input(image, self.normalization, self.mean, size=self.image_size,
                                   resize=self.resize_size)

@@ -39,7 +39,8 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 def local_response_norm(x: Array, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
                         k: float = 2.0) -> Array:
-  """AlexNet's normalization across the channel axis of an NHWC map:
+  """AlexNet's normalization across the channel axis of an NHWC map.
+
   x_c / (k + alpha * sum over the `size` maps centred on c of x^2) ** beta."""
   half = size // 2
   squares = lax.reduce_window(jnp.square(x), 0.0, lax.add, (1, 1, 1, size), (1, 1, 1, 1),
@@ -56,7 +57,9 @@ def max_pool(x: Array, record: Pool) -> Array:
 
 
 def adaptive_avg_pool(x: Array, size: int) -> Array:
-  """torch's AdaptiveAvgPool2d: output cell i averages rows floor(i*H/size) to
+  """torch's AdaptiveAvgPool2d on an NHWC map.
+
+  torch's AdaptiveAvgPool2d: output cell i averages rows floor(i*H/size) to
   ceil((i+1)*H/size)."""
   def pool_axis(x, axis):
     n = x.shape[axis]
@@ -87,8 +90,10 @@ class ConvNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
-    """Logits for a batch of NHWC images. Every layer's output is also sown into the
-    'intermediates' collection as one dict {layer name: output} (see `activations`)."""
+    """Logits for a batch of NHWC images.
+
+    Every layer's output is also sown into the 'intermediates' collection as one dict {layer
+    name: output} (see `activations`)."""
     check_images(x, self.spec)
     images_shape = x.shape
     x = x.astype(self.dtype)
@@ -120,8 +125,10 @@ class ConvNet(nn.Module):
 
 
 def ZFNet(num_classes: int = 1000, **kwargs) -> ConvNet:  # pylint: disable=invalid-name
-  """The paper's ZFNet (Fig. 3). Keyword arguments go to `architecture.zfnet`
-  (conv_features, fc_features, dropout, norm_before_pool, norm)."""
+  """The paper's ZFNet (Fig. 3).
+
+  Keyword arguments go to `architecture.zfnet` (conv_features, fc_features, dropout,
+  norm_before_pool, norm)."""
   return ConvNet(architecture.zfnet(num_classes, **kwargs))
 
 
@@ -160,9 +167,10 @@ def _check_dense_input(module: nn.Module, name: str, x: Array, images_shape) -> 
 
 def activations(model: ConvNet, variables, images: Array,
                 layers: Sequence[str]) -> dict[str, Array]:
-  """The outputs of the named layers for a batch of images, from one forward pass
-  (inference mode). Conv and dense names give post-ReLU outputs; fc8 gives logits.
-  Under jit, layers above the highest one asked for are not computed."""
+  """The outputs of the named layers for a batch of images, from one forward pass (inference mode).
+
+  Conv and dense names give post-ReLU outputs; fc8 gives logits. Under jit, layers above the
+  highest one asked for are not computed."""
   layers = tuple(layers)
   architecture.check_layers(model.spec, layers)
   _, state = model.apply(variables, images, mutable=['intermediates'])

@@ -6,33 +6,7 @@
     maps.feature[i, j]    # summed activity of the strongest conv5 map (panel b)
     maps.projection       # that map's strongest activation projected to pixels (panel c)
 
-Occluder (i, j) covers rows i*stride .. i*stride+patch-1 and columns j*stride ..
-j*stride+patch-1 of the (H, W, 3) image with `fill` (in the model's input space, so 0.0
-is the mean pixel: the paper's gray square). Positions run while the square fits inside
-the image: (H - patch) // stride + 1 rows of them.
-
-`feature` follows the map (channel) of `layer` (default: the last conv layer) that holds
-the unoccluded image's largest activation there, post-ReLU; the map's whole sum.
-
-Exact incremental evaluation (method='incremental', the default): an occluder changes a
-window of each layer whose size is fixed by the patch and the layers' kernels and strides
-(its projective field); the window's start moves with the occluder. Each layer recomputes
-only that window, from a slice of the unoccluded image's cached map (the halo) with the
-lower layer's new window written in, and the fully connected layers see the merged map.
-Static window sizes, and window starts laid out once in NumPy: one compiled program,
-vmapped over positions in equal chunks of at most `chunk_size` (so memory stays flat, and
-one loop body compiles: 625 positions at 128 run as 5 chunks of 125). method='naive' runs
-the whole network on every occluded image (the reference the tests hold it to).
-
-Two opt-in ways to trade accuracy for speed, usable together:
-- `winograd=True` computes the windows of every convolution whose kernel spans three
-  strides (ceil(k / s) = 3: ZFNet's conv2-5, most of the remaining work) by Winograd's
-  minimal filtering F(m x m, 3 x 3) (Lavin & Gray, CVPR 2016), a strided one on its
-  space-to-depth form, m from 2 to 4 per layer and each window rounded up to whole
-  m x m tiles: the same function in exact arithmetic with about 3x fewer multiplies,
-  rounded differently in float32 (about 1e-5 relative per layer against the direct
-  form's 1e-6).
-- `field_threshold=tau` is Krypton's projective-field thresholding (it drops changes).
+Semantics and the choices the paper leaves open: docs/analyses.md (zfjax.occlusion).
 """
 
 from __future__ import annotations
@@ -81,7 +55,7 @@ def sensitivity(model: models.ConvNet, variables, image: Array, label: int,
                 layer: str | None = None, method: str = 'incremental',
                 field_threshold: float | None = None, winograd: bool = False,
                 chunk_size: int = 64) -> Sensitivity:
-  """Occlusion maps of one (H, W, 3) image for class `label` (see module doc).
+  """Occlusion maps of one (H, W, 3) image for class `label` (docs/analyses.md).
 
   field_threshold: None (exact) or tau in (0, 1]: the approximate mode of Krypton
     (Nakandala et al., SIGMOD 2019), projective-field thresholding. Each layer's changed
@@ -89,7 +63,7 @@ def sensitivity(model: models.ConvNet, variables, image: Array, label: int,
     window; changes outside it are dropped (the cached activations stand in), so deep
     layers recompute less. benchmarks/occlusion.py reports speed and error per tau.
   winograd: compute the windows of the convolutions with ceil(kernel / stride) = 3 by
-    Winograd's minimal filtering (module doc): faster, equal to the exact maps up to
+    Winograd's minimal filtering (docs/analyses.md): faster, equal to the exact maps up to
     float32 rounding (benchmarks/occlusion.py reports the difference).
   """
   image = jnp.asarray(image)
@@ -198,9 +172,10 @@ class _Step(NamedTuple):
 
 
 def _plan(spec, image_shape, patch, field_threshold=None, winograd=False) -> list[_Step]:
-  """Static window sizes layer by layer: a changed run of S cells at a layer's input
-  changes at most (S + k - 2) // s + 1 outputs (any alignment); with a field threshold
-  tau, at most ceil(tau * n) of the layer's n cells."""
+  """Static window sizes layer by layer.
+
+  A changed run of S cells at a layer's input changes at most (S + k - 2) // s + 1 outputs
+  (any alignment); with a field threshold tau, at most ceil(tau * n) of the layer's n cells."""
   sizes = architecture.shapes(spec, image_shape)
   steps = []
   window = (patch, patch)
@@ -225,7 +200,9 @@ def _plan(spec, image_shape, patch, field_threshold=None, winograd=False) -> lis
 
 
 def _winograd_tile(window, map_size) -> int:
-  """The Winograd tile m in 2..4 with the fewest multiplies for this window (tiles times
+  """The cheapest Winograd tile size for a window, or 0 if none fits.
+
+  The Winograd tile m in 2..4 with the fewest multiplies for this window (tiles times
   (m + 2)^2), among those whose rounded-up window fits the map; 0 if none does."""
   costs = {m: math.prod(-(-w // m) for w in window) * (m + 2) ** 2 for m in (2, 3, 4)
            if all(-(-w // m) * m <= n for w, n in zip(window, map_size))}
@@ -241,21 +218,23 @@ def _kernel_stride_pad(record):
 
 
 class _Window(NamedTuple):
-  """Where one occluder's windows of a step lie, (2,) int32 each (row, column). Static
-  geometry, laid out once in NumPy for all positions: the vmapped program only loads it
-  (computed in the program, its index arithmetic was fused into every gathered cell)."""
+  """Where one occluder's windows of a step lie, (2,) int32 each (row, column).
+
+  Static geometry, laid out once in NumPy for all positions: the vmapped program only loads
+  it (computed in the program, its index arithmetic was fused into every gathered cell)."""
   at: Array            # first cell of the computed window of new values
   region_start: Array  # first cell of the input region it reads (in padded coordinates)
   offset: Array        # the lower window's new values' first cell inside that region
 
 
 def _windows(plan, starts) -> list[_Window]:
-  """Per step, the windows of every occluder whose top-left pixel is a row of `starts`
-  (N, 2): arrays (N, 2). A step's changed window starts at the first output cell whose
-  input window reaches the changed input cells, kept inside the map; the computed window
-  is the same, or with Winograd rounded up to whole tiles (its extra cells recompute
-  unchanged values), or with a field threshold the capped window centred on the exact one
-  (changes just beyond the cap are kept from the lower layer's values)."""
+  """Per step, the windows of every occluder whose top-left pixel is a row of `starts` (N, 2).
+
+  Arrays (N, 2). A step's changed window starts at the first output cell whose input window
+  reaches the changed input cells, kept inside the map; the computed window is the same, or
+  with Winograd rounded up to whole tiles (its extra cells recompute unchanged values), or
+  with a field threshold the capped window centred on the exact one (changes just beyond the
+  cap are kept from the lower layer's values)."""
   start = at = np.asarray(starts, np.int64)
   windows = []
   for step in plan:
@@ -274,7 +253,9 @@ def _windows(plan, starts) -> list[_Window]:
 
 
 def _incremental(model, params, cache, plan, windows, fill, patch, layer, channel):
-  """Logits and feature sum for one occluder, whose windows (one _Window per step) were
+  """Logits and feature sum for one occluder.
+
+  Logits and feature sum for one occluder, whose windows (one _Window per step) were
   laid out by _windows."""
   values = jnp.full((patch, patch, 3), fill, cache['input'].dtype)
   feature = None
@@ -303,8 +284,10 @@ def _incremental(model, params, cache, plan, windows, fill, patch, layer, channe
 
 
 def _merged_region(cached_input, values, window, step, k, s, p):
-  """The input cells that the layer's computed window reads: the cached input map, padded
-  as the layer pads it, with the new `values` of the lower window written in."""
+  """The input cells that the layer's computed window reads.
+
+  The cached input map, padded as the layer pads it, with the new `values` of the lower
+  window written in."""
   extent = tuple((n - 1) * s + k for n in step.computed_size)
   after = tuple(max(p, (m - 1) * s + k - n - p) for m, n in
                 zip(step.map_size, step.input_size))
@@ -327,7 +310,9 @@ def _place(values, offset, extent):
 
 
 def _layer_valid(model, step, params, region):
-  """The step's layer on an already padded region, without further padding (with a
+  """The step's layer on an already padded region.
+
+  The step's layer on an already padded region, without further padding (with a
   Winograd tile, `params` holds the transformed kernel)."""
   record = step.record
   if isinstance(record, Conv):
@@ -349,10 +334,11 @@ def _layer_valid(model, step, params, region):
 
 
 def _conv_as_matmul(region, kernel, stride):
-  """VALID convolution of one (h, w, c) region as patches @ kernel. Vmapped over
-  occluder positions this is one large matmul; XLA's CPU convolution measured 1.4-2x
-  slower on batches of small windows with hundreds of channels (conv2-5), but faster with
-  conv1's three (whose im2col copies three floats at a time)."""
+  """VALID convolution of one (h, w, c) region as patches @ kernel.
+
+  Vmapped over occluder positions this is one large matmul; XLA's CPU convolution measured
+  1.4-2x slower on batches of small windows with hundreds of channels (conv2-5), but faster
+  with conv1's three (whose im2col copies three floats at a time)."""
   k = kernel.shape[0]
   out_h = (region.shape[0] - k) // stride + 1
   out_w = (region.shape[1] - k) // stride + 1
@@ -363,7 +349,9 @@ def _conv_as_matmul(region, kernel, stride):
 
 
 def _winograd_matrices(m: int, r: int = 3):
-  """Toom-Cook matrices A^T (m, n), G (n, r), B^T (n, n), n = m + r - 1, of Winograd's
+  """Toom-Cook matrices of Winograd's F(m, r) for correlation.
+
+  Toom-Cook matrices A^T (m, n), G (n, r), B^T (n, n), n = m + r - 1, of Winograd's
   F(m, r) for correlation, y = A^T [(G g) * (B^T d)], from the points 0, 1, -1, 2, -2
   (as many as needed) and infinity; exact rationals, as float64."""
   points = [Fraction(p) for p in (0, 1, -1, 2, -2)[:m + r - 2]]
@@ -386,7 +374,9 @@ def _winograd_matrices(m: int, r: int = 3):
 
 
 def _winograd_kernel(kernel, m, stride):
-  """A (k, k, C, D) kernel of a stride-s convolution with ceil(k / s) = 3, as Winograd's
+  """A strided kernel as Winograd's G g G^T of its space-to-depth form.
+
+  A (k, k, C, D) kernel of a stride-s convolution with ceil(k / s) = 3, as Winograd's
   G g G^T of its space-to-depth form (a 3x3 kernel over s*s*C channels; taps beyond k
   are zero): ((m + 2)^2, s*s*C, D)."""
   k, _, c, d = kernel.shape
@@ -400,7 +390,9 @@ def _winograd_kernel(kernel, m, stride):
 
 
 def _winograd_conv(region, transformed_kernel, m, stride):
-  """VALID stride-s convolution, with the kernel zero-padded to 3s taps, of one
+  """A VALID strided convolution of a tiled region by Winograd F(m x m, 3 x 3).
+
+  VALID stride-s convolution, with the kernel zero-padded to 3s taps, of one
   ((w + 2) * s, ..., C) region whose w outputs per axis are whole m x m tiles, by
   F(m x m, 3 x 3) on the region's space-to-depth form: the tiles' Kronecker-transformed
   inputs times the transformed kernel, one matmul per tile element (batched), then the

@@ -56,10 +56,11 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
 
 
 def wait_for_coordinator(address: str, timeout_s: float) -> None:
-  """Returns once a TCP connection to `address` (host:port) succeeds; raises
-  CoordinatorUnreachableError after `timeout_s` seconds of refusals. (Past its deadline
-  jax.distributed.initialize aborts the process from C++, with no Python error to catch:
-  a process that is not the coordinator checks first.)"""
+  """Returns once a TCP connection to `address` (host:port) succeeds.
+
+  Raises CoordinatorUnreachableError after `timeout_s` seconds of refusals. (Past its
+  deadline jax.distributed.initialize aborts the process from C++, with no Python error to
+  catch: a process that is not the coordinator checks first.)"""
   host, _, port = address.rpartition(':')
   deadline = time.monotonic() + timeout_s
   while True:
@@ -101,6 +102,7 @@ def _in_multiprocess_cluster() -> bool:
 
 def create_mesh(devices=None) -> Mesh:
   """A 1-D mesh with axis 'data' over `devices` (default: every device of every process).
+
   Axis type Auto: shardings are explicit where we pass them, XLA's choice elsewhere."""
   devices = jax.devices() if devices is None else list(devices)
   return jax.make_mesh((len(devices),), (DATA,), axis_types=(jax.sharding.AxisType.Auto,),
@@ -118,7 +120,9 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = 'batch_size') -> None:
-  """ValueError unless a global batch splits evenly over the mesh's devices and over the
+  """Checks that a global batch splits evenly over the devices and the processes.
+
+  ValueError unless a global batch splits evenly over the mesh's devices and over the
   processes."""
   devices, processes = mesh.devices.size, jax.process_count()
   if batch_size <= 0 or batch_size % devices or batch_size % processes:
@@ -127,7 +131,9 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = 'batch_size') -> N
 
 
 def global_batch(local_batch: Any, mesh: Mesh) -> Any:
-  """A pytree of per-process NumPy arrays (this process's rows of the global batch)
+  """Per-process batch arrays -> global jax.Arrays sharded over 'data'.
+
+  A pytree of per-process NumPy arrays (this process's rows of the global batch)
   -> the same pytree of global jax.Arrays sharded on their leading axis over 'data'."""
   local_batch = jax.tree.map(np.asarray, local_batch)
   return jax.make_array_from_process_local_data(batch_sharding(mesh), local_batch)

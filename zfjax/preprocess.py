@@ -7,40 +7,7 @@
     x = preprocess.model_input(photo, 'imagenet')              # an imported torch model's
     x = loading.load(workdir).input(photo)                     # whatever the net was fed
 
-Two input spaces (`model_input`): 'paper', every net zfjax trains (0-255 minus the
-training set's mean image), and 'imagenet', the weights imported from torchvision or
-pytorchcv (0-1, minus ImageNet's channel means, divided by their standard deviations).
-
-The steps (Sec. 3 of the paper, and the input pipeline's evaluation): the picture as RGB
-on the 0-255 scale; its shorter side resized to `resize` (bilinear, antialiased when
-shrinking; computed in float32 per channel, so nothing is rounded to integers); the
-central `resize` x `resize` square; minus `mean`; the central `size` x `size` crop.
-
-What `image` may be:
-- a path (str or os.PathLike) to an image file that Pillow reads (PNG, JPEG, ...);
-- a PIL.Image.Image;
-- an array (numpy, jax, nested lists) of shape HxW or HxWx1 (grayscale: tiled to RGB),
-  HxWx3 (RGB) or HxWx4 (RGBA: the alpha channel is dropped, not composited), channels
-  last. Its scale follows its dtype: bool and float arrays whose largest value is at most
-  1.0 are read as 0-1 (and multiplied by 255); other float arrays, and integer arrays,
-  are read as 0-255 and must lie in [0, 255]. (A float picture on the 0-255 scale that is
-  black but for values <= 1 is therefore read as 0-1: pass it as uint8, or divide by 255
-  yourself.) NaN and infinite values are refused, and so are negative ones, which
-  usually mean an already preprocessed input.
-
-`mean`, on the 0-255 scale: None (the default) subtracts the crop's own mean pixel, so
-each channel of the result averages zero -- a stand-in when the training set's mean is
-unknown; the paper (and every zfjax model) subtracts the training set's mean image,
-`input_pipeline.mean_image(config)`, of shape (resize, resize, 3) (subtracted before the
-last crop) or (size, size, 3) (after it). A scalar or 3 channel means are subtracted
-from every pixel; 0 gives the plain 0-255 crop.
-
-Anything else raises ValueError naming the argument and what was wrong: 'image: ...',
-'mean: ...', 'size: ...', 'resize: ...', and 'images[i]: ...' from preprocess_batch.
-
-NumPy and Pillow only (no JAX, no TensorFlow): host-side code for a handful of pictures.
-The TFDS pipeline does the same steps in TensorFlow (input_pipeline.resize_and_center_crop);
-the two agree to within bilinear filters' differences.
+The kinds of picture and mean it takes, step by step: docs/preprocess.md.
 """
 
 from __future__ import annotations
@@ -71,7 +38,9 @@ _WIDE_MODES = ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F')
 
 
 def read_image(path: Any, what: str = 'image') -> tuple[np.ndarray, Optional[str]]:
-  """An image file as (h, w, 3) uint8 RGB, and a note when it had to be converted
+  """An image file as (h, w, 3) uint8 RGB, and a note when it had to be converted.
+
+  An image file as (h, w, 3) uint8 RGB, and a note when it had to be converted
   (grayscale tiled, alpha dropped, another mode converted; it names the file), else
   None. ValueError starting with `what` (the argument's name) for a missing path, a
   directory, a file Pillow cannot read, or one too large to decode safely (Pillow's
@@ -94,10 +63,11 @@ def read_image(path: Any, what: str = 'image') -> tuple[np.ndarray, Optional[str
 
 
 def from_pil(image, what: str = 'image') -> tuple[np.ndarray, Optional[str]]:
-  """A PIL image as (h, w, 3) uint8 RGB, and a note saying how it was converted (or
-  None): palettes become their colours, 16-bit and float gray is scaled to 0-255,
-  grayscale is tiled to RGB, alpha is dropped, other modes (CMYK, YCbCr, ...) go
-  through Pillow's RGB conversion."""
+  """A PIL image as (h, w, 3) uint8 RGB, and a note saying how it was converted (or None).
+
+  Palettes become their colours, 16-bit and float gray is scaled to 0-255, grayscale is
+  tiled to RGB, alpha is dropped, other modes (CMYK, YCbCr, ...) go through Pillow's RGB
+  conversion."""
   mode = image.mode
   if mode == 'P':  # a palette: its colours, with alpha if it has transparency
     image = image.convert('RGBA' if 'transparency' in image.info else 'RGB')
@@ -129,7 +99,9 @@ def from_pil(image, what: str = 'image') -> tuple[np.ndarray, Optional[str]]:
 
 
 def to_rgb255(image: Any, what: str = 'image') -> np.ndarray:
-  """(h, w, 3) float32 RGB on the 0-255 scale from any `image` kind the module doc lists
+  """Any picture docs/preprocess.md lists -> (h, w, 3) float32 RGB on the 0-255 scale.
+
+  (h, w, 3) float32 RGB on the 0-255 scale from any `image` kind docs/preprocess.md lists
   (paths, PIL images, arrays); ValueError starting with `what` otherwise."""
   if isinstance(image, (str, os.PathLike)):
     return read_image(image, what)[0].astype(np.float32)
@@ -156,7 +128,7 @@ def _is_pil(image: Any) -> bool:
 
 
 def _array_to_rgb255(array: np.ndarray, what: str) -> np.ndarray:
-  """Shape and scale checks of an array picture (see the module doc), then RGB 0-255."""
+  """Shape and scale checks of an array picture (docs/preprocess.md), then RGB 0-255."""
   if array.ndim == 4:
     raise ValueError(f'{what}: rank 4 (shape {array.shape}) is a batch, not one image; use '
                      'preprocess_batch')
@@ -187,7 +159,9 @@ def _array_to_rgb255(array: np.ndarray, what: str) -> np.ndarray:
 
 
 def resize_shorter(rgb: np.ndarray, resize: int) -> np.ndarray:
-  """(h, w, 3) float -> float32 with the shorter side `resize` and the other at least
+  """Resizes a picture so that its shorter side is `resize`, aspect kept.
+
+  (h, w, 3) float -> float32 with the shorter side `resize` and the other at least
   `resize` (aspect kept, rounded): Pillow's bilinear filter per channel in float32
   ('F' mode), which widens its support when shrinking (antialiased), as the pipeline's
   tf.image.resize(antialias=True). Already the right size: returned as float32."""
@@ -205,7 +179,9 @@ def resize_shorter(rgb: np.ndarray, resize: int) -> np.ndarray:
 
 
 def center_crop(image: np.ndarray, size: int) -> np.ndarray:
-  """The central size x size window of an (H, W, ...) array (top-left of center when the
+  """The central size x size window of an (H, W, ...) array.
+
+  The central size x size window of an (H, W, ...) array (top-left of center when the
   margin is odd, as input_pipeline.crop_offsets)."""
   top = (image.shape[0] - size) // 2
   left = (image.shape[1] - size) // 2
@@ -226,7 +202,9 @@ def check_sizes(size: Any, resize: Any) -> tuple[int, int]:
 
 
 def check_mean(mean: Any, size: int, resize: int) -> Optional[np.ndarray]:
-  """`mean` as a float32 array of shape (), (3,), (resize, resize, 3) or (size, size, 3)
+  """`mean` checked and converted to a float32 array.
+
+  `mean` as a float32 array of shape (), (3,), (resize, resize, 3) or (size, size, 3)
   (None stays None); ValueError naming `mean` otherwise."""
   if mean is None:
     return None
@@ -245,9 +223,10 @@ def check_mean(mean: Any, size: int, resize: int) -> Optional[np.ndarray]:
 
 def preprocess(image: Any, mean: Any = None, *, size: int = SIZE,
                resize: int = RESIZE) -> np.ndarray:
-  """(size, size, 3) float32 in the model's input space from one picture: RGB 0-255,
-  shorter side to `resize`, central `resize` square, minus `mean`, central `size` crop.
-  See the module doc for the kinds of `image` and `mean` and the errors."""
+  """(size, size, 3) float32 in the model's input space from one picture.
+
+  RGB 0-255, shorter side to `resize`, central `resize` square, minus `mean`, central `size`
+  crop. See docs/preprocess.md for the kinds of `image` and `mean` and the errors."""
   size, resize = check_sizes(size, resize)
   mean = check_mean(mean, size, resize)
   square = center_crop(resize_shorter(to_rgb255(image), resize), resize)
@@ -263,9 +242,11 @@ def preprocess(image: Any, mean: Any = None, *, size: int = SIZE,
 
 def preprocess_batch(images: Sequence[Any], mean: Any = None, *, size: int = SIZE,
                      resize: int = RESIZE) -> np.ndarray:
-  """(N, size, size, 3) float32: `preprocess` of each picture (any mix of the kinds it
-  takes; an (N, H, W, C) array is N pictures). ValueError 'images[i]: ...' naming the
-  picture that fails, or 'images: ...' for an empty or non-sequence argument."""
+  """(N, size, size, 3) float32.
+
+  `preprocess` of each picture (any mix of the kinds it takes; an (N, H, W, C) array is N
+  pictures). ValueError 'images[i]: ...' naming the picture that fails, or 'images: ...' for
+  an empty or non-sequence argument."""
   size, resize = check_sizes(size, resize)
   mean = check_mean(mean, size, resize)
   if isinstance(images, (str, os.PathLike, bytes)) or _is_pil(images):

@@ -8,35 +8,7 @@
     # patches.pixels, projections.pixels: (2, 9, S, S, 3), S = 139 for ZFNet's conv5;
     # row c, column j: the j-th strongest activation of channel channels[c].
 
-`batches` is an iterable of (B, H, W, 3) image arrays, or of dicts with 'image' and
-optionally 'mask' (bool, (B,); False marks padding rows), such as the input pipeline's
-eval batches. It is read once by `search` and once more by `gather_images`, so pass a
-fresh iterator (or a list) each time, in the same order.
-
-Choices, and what this module does:
-- At most one entry per image and channel: each image's strongest location for the
-  channel (ties: the first in row-major order), as in the paper's figure, where nine
-  different images show each map.
-- Entries are sorted by value, descending; equal values go to the earlier example.
-  Examples are numbered 0, 1, 2, ... over the valid rows in iteration order: masked rows
-  are not numbered and never win. Results are deterministic and do not depend on the
-  batch size or the device count.
-- Fewer than k images: the missing entries have value -inf and example, y, x = -1.
-- Memory does not grow with the dataset: a running (C, k) top-k per layer is merged with
-  each batch's (C, B) candidates inside one jitted step (a sort on (-value, example)).
-- Static shapes: every batch is padded (mask False) to the largest batch so far, rounded
-  up to a multiple of the device count, so a short final batch does not recompile.
-- Devices: batches are sharded on their leading axis over a mesh axis 'data' (default: all
-  of `jax.devices()`), the variables and the running top-k replicated. One process: the
-  example numbering assumes this process sees every row.
-- Layers: any map layer (conv1..conv5 post-ReLU, pool and norm outputs); projections need
-  a conv layer (`zfjax.deconv`).
-- Patches: the unit's nominal input window (`architecture.windows`, S x S pixels, top-left
-  pixel (top, left), which may lie outside the image). Pixels inside the exact receptive
-  field (`architecture.receptive_field`, clipped at every layer) are copied; the rest --
-  where the window runs past the image border or the exact field is smaller near borders --
-  is zero, and `valid` is False there. A unit's projection is exactly zero outside its exact
-  field, so its patch loses nothing; `paste` puts a patch back on a full-size canvas.
+Semantics and the choices the paper leaves open: docs/analyses.md (zfjax.topk).
 """
 
 from __future__ import annotations
@@ -59,9 +31,11 @@ _NO_EXAMPLE = np.iinfo(np.int32).max  # sorts after every real example
 
 
 class TopK(NamedTuple):
-  """One layer's search result, arrays of shape (C, k): for channel c, its j-th strongest
-  activation has value `values[c, j]` at (`y[c, j]`, `x[c, j]`) of the layer's map in
-  example `example[c, j]`. Unfilled entries: value -inf, example = y = x = -1."""
+  """One layer's search result, arrays of shape (C, k).
+
+  For channel c, its j-th strongest activation has value `values[c, j]` at (`y[c, j]`, `x[c,
+  j]`) of the layer's map in example `example[c, j]`. Unfilled entries: value -inf, example
+  = y = x = -1."""
   values: Array
   example: Array
   y: Array
@@ -103,7 +77,7 @@ def search(model: models.ConvNet, variables, batches: Iterable, layers: Sequence
     k: entries per channel.
     mesh: a mesh with axis 'data' (default: `parallel.create_mesh()`, all devices).
   Returns:
-    {layer: TopK} with (C, k) arrays, replicated over the mesh (see the module doc).
+    {layer: TopK} with (C, k) arrays, replicated over the mesh (docs/analyses.md).
   """
   layers = _check_layers(model, layers)
   if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
@@ -138,6 +112,7 @@ def empty(channels: int, k: int) -> TopK:
 
 def candidates(feature_map: Array, mask: Array, example: Array) -> TopK:
   """Each image's strongest location per channel of a (B, H, W, C) map, as (C, B) arrays.
+
   Ties: first in row-major order. Masked rows: value -inf, example past every real one."""
   b, _, width, c = feature_map.shape
   flat = feature_map.reshape(b, -1, c)
@@ -150,8 +125,9 @@ def candidates(feature_map: Array, mask: Array, example: Array) -> TopK:
 
 
 def merge(a: TopK, b: TopK, k: int) -> TopK:
-  """The k best of two (C, *) candidate sets by (value descending, example ascending);
-  entries left at -inf become unfilled (example, y, x = -1)."""
+  """The k best of two (C, *) candidate sets by (value descending, example ascending).
+
+  Entries left at -inf become unfilled (example, y, x = -1)."""
   joined = [jnp.concatenate(pair, axis=1) for pair in zip(a, b)]
   negated, example, y, x = lax.sort((-joined[0], *joined[1:]), dimension=1, num_keys=2)
   values = -negated[:, :k]
@@ -221,7 +197,9 @@ def _channels(spec, name) -> int:
 
 
 def gather_images(batches: Iterable, examples) -> Images:
-  """The images of the given example numbers (any shape, or a TopK, or a list or dict of
+  """The images of the given example numbers, from a second pass over the batches.
+
+  The images of the given example numbers (any shape, or a TopK, or a list or dict of
   them; -1 is ignored), from a second pass over the same batches. Holds one batch and the
   wanted images; stops reading once it has them all."""
   wanted = np.unique(_example_numbers(examples))
@@ -264,6 +242,7 @@ def _example_numbers(examples) -> np.ndarray:
 def crops(model: models.ConvNet, result: TopK, images: Images, layer: str,
           channels=None) -> Patches:
   """The image patch under each entry's receptive field (see `Patches`).
+
   `channels` picks rows of the result (default: all); images from `gather_images`."""
   entries, _ = _select(result, channels)
   geometry = _geometry(model.spec, layer, entries, images)
@@ -275,7 +254,9 @@ def crops(model: models.ConvNet, result: TopK, images: Images, layer: str,
 def project(model: models.ConvNet, variables, result: TopK, images: Images, layer: str,
             channels=None, rule: str = 'deconvnet', method: str = 'literal',
             images_per_call: int = 16, units_per_call: int = 64) -> Patches:
-  """The deconvnet projection of each entry (`deconv.project_units`, seeded with the
+  """The deconvnet projection of each entry, cut to the crops' windows.
+
+  The deconvnet projection of each entry (`deconv.project_units`, seeded with the
   activation's own value), cut to the same windows as `crops`.
 
   Entries are sorted by image and projected in calls of at most `images_per_call` images
@@ -310,8 +291,9 @@ def project(model: models.ConvNet, variables, result: TopK, images: Images, laye
 
 
 def paste(patches: Patches, image_shape: Sequence[int]) -> Array:
-  """Patches back on zero canvases of `image_shape` (H, W, 3): (C, k, H, W, 3). For small
-  selections (a full-size canvas per entry)."""
+  """Patches back on zero canvases of `image_shape` (H, W, 3): (C, k, H, W, 3).
+
+  For small selections (a full-size canvas per entry)."""
   height, width = image_shape[:2]
   size = patches.valid.shape[-1]
 
@@ -371,8 +353,9 @@ def _rows(images: Images, example) -> Array:
 
 @jax.jit
 def _cut(images: Array, rows: Array, top: Array, left: Array, valid: Array) -> Array:
-  """(..., S, S, C) windows of images[rows] at (top, left), zero where not valid;
-  indices outside the image read a clipped pixel that `valid` then zeroes."""
+  """(..., S, S, C) windows of images[rows] at (top, left), zero where not valid.
+
+  Indices outside the image read a clipped pixel that `valid` then zeroes."""
   size = valid.shape[-1]
   height, width = images.shape[1:3]
   offsets = jnp.arange(size)
@@ -383,7 +366,9 @@ def _cut(images: Array, rows: Array, top: Array, left: Array, valid: Array) -> A
 
 
 def _calls(rows: np.ndarray, max_images: int, max_units: int) -> list[tuple[int, int]]:
-  """Splits entries sorted by image row into runs [start, stop) of at most `max_images`
+  """Splits entries sorted by image row into runs bounded in images and units.
+
+  Splits entries sorted by image row into runs [start, stop) of at most `max_images`
   distinct rows and `max_units` entries (host bookkeeping, linear in the entries)."""
   if not rows.size:
     return []

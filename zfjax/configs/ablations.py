@@ -76,8 +76,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
 
 def _shrink(config: ml_collections.ConfigDict) -> None:
-  """The smoke version of a variant, in place: zfnet.py:smoke's data and bookkeeping
-  fields, the variant's layers with fewer maps and units, 64x64 inputs."""
+  """The smoke version of a variant, in place.
+
+  zfnet.py:smoke's data and bookkeeping fields, the variant's layers with fewer maps and
+  units, 64x64 inputs."""
   default, smoke = zfnet.get_config(), zfnet.get_config('smoke')
   config.update({k: v for k, v in smoke.items()
                  if v != default[k] and k not in _ARCHITECTURE_FIELDS})

@@ -22,7 +22,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # The trained net (zfjax.transfer.load_source).
   config.source = ''                # a workdir or checkpoint directory; '' = train one
   config.source_step = 'latest'     # latest | best | a step number
-  config.source_mean = ''           # '' = the source dataset's mean image; imagenet_channels; a .npy
+  # '' = the source dataset's mean image; imagenet_channels; a .npy file
+  config.source_mean = ''
 
   # Target data (zfjax.transfer.load_dataset).
   config.dataset = 'caltech101'     # a TFDS dataset | voc/2012 | folder | digits

@@ -7,8 +7,8 @@ r"""Training speed: zfjax's jitted ZFNet train step against a PyTorch eager one.
 Both frameworks run one SGD step of the paper's ZFNet (1000 classes) on the same shapes of
 random data: forward in training mode (dropout 0.5 on fc6/fc7), softmax cross-entropy,
 backward, SGD with momentum 0.9 and weight decay 5e-4, then the conv filters renormalized
-to RMS <= 0.1. zfjax: `training.make_train_step` (jit of shard_map over every device, the
-state donated). PyTorch: `tools/torch_zfnet.TorchZFNet`, `torch.optim.SGD`, eager (or
+to RMS <= 0.1. zfjax: `zfjax.train.steps.make_train_step` (jit of shard_map over every device,
+the state donated). PyTorch: `tools/torch_zfnet.TorchZFNet`, `torch.optim.SGD`, eager (or
 `torch.compile` with --torch_compile), autocast to bfloat16 with --dtype bfloat16.
 
 Figures: images/s and ms per step are the median over --steps timed steps after
@@ -34,7 +34,8 @@ import numpy as np  # pylint: disable=wrong-import-position
 
 import common  # pylint: disable=wrong-import-position
 from zfjax.configs import zfnet  # pylint: disable=wrong-import-position
-from zfjax import models, parallel, training  # pylint: disable=wrong-import-position
+from zfjax import models, parallel  # pylint: disable=wrong-import-position
+from zfjax.train import steps, train_state  # pylint: disable=wrong-import-position
 
 
 def parse_args(argv=None):
@@ -84,10 +85,10 @@ def bench_jax(args) -> dict:
   config.update(dtype=args.dtype, batch_size=args.batch_size, image_size=args.image_size)
   mesh = parallel.create_mesh()
   model = models.from_config(config, args.num_classes)
-  optimizer = training.create_optimizer(config)
+  optimizer = train_state.create_optimizer(config)
   image_shape = (args.image_size, args.image_size, 3)
-  state = training.create_train_state(config, model, optimizer, mesh, image_shape)
-  train_step = training.make_train_step(config, model, optimizer, mesh)
+  state = train_state.create_train_state(config, model, optimizer, mesh, image_shape)
+  train_step = steps.make_train_step(config, model, optimizer, mesh)
   images, labels = random_batch(args)
   batch = parallel.global_batch({'image': images, 'label': labels}, mesh)
 
@@ -150,9 +151,11 @@ def bench_torch(args) -> dict:
 
 
 def layer_profile(args) -> list[dict]:
-  """Where a step's time goes: each layer of ZFNet alone at the step's shapes, forward and
-  forward + backward (the gradients the step needs: weights, and the input's except for
-  conv1), jitted in JAX and eager in PyTorch, median of a few runs."""
+  """Where a step's time goes: each layer of ZFNet alone at the step's shapes.
+
+  Forward and forward + backward (the gradients the step needs: weights, and the input's
+  except for conv1), jitted in JAX and eager in PyTorch, median of a few runs.
+  """
   import torch  # pylint: disable=import-outside-toplevel
   import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
   from zfjax import architecture, models  # pylint: disable=import-outside-toplevel

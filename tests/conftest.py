@@ -120,8 +120,10 @@ def _is_local(address) -> bool:
 
 
 def _refuse_remote_connections():
-  """Connections from the test process to anything but loopback (or a Unix socket) raise,
-  so a test that reaches for the network fails here, not only on a machine without one."""
+  """Connections from the test process to anything but loopback (or a Unix socket) raise.
+
+  So a test that reaches for the network fails here, not only on a machine without one.
+  """
   connect, connect_ex = socket.socket.connect, socket.socket.connect_ex
 
   def check(sock, address):
@@ -142,11 +144,13 @@ def _refuse_remote_connections():
 
 @pytest.fixture(scope='session')
 def digits_smoke_run(tmp_path_factory):
-  """A function seed -> the workdir of a finished configs/digits.py:smoke run with that
-  seed (4 steps of a narrow small_zfnet, checkpoints at steps 2 and 4, results.json),
-  trained in-process once per seed per test session. Treat the workdir as read-only."""
+  """A function seed -> the workdir of a finished configs/digits.py:smoke run with that seed.
+
+  4 steps of a narrow small_zfnet, checkpoints at steps 2 and 4, results.json; trained
+  in-process once per seed per test session. Treat the workdir as read-only.
+  """
   from zfjax.configs import digits  # pylint: disable=import-outside-toplevel
-  from zfjax import training  # pylint: disable=import-outside-toplevel
+  from zfjax import train  # pylint: disable=import-outside-toplevel
   runs = {}
 
   def run(seed: int = 0):
@@ -154,7 +158,7 @@ def digits_smoke_run(tmp_path_factory):
       config = digits.get_config('smoke')
       config.seed = seed
       workdir = tmp_path_factory.mktemp(f'digits_smoke_seed{seed}')
-      training.train_and_evaluate(config, workdir)
+      train.train_and_evaluate(config, workdir)
       runs[seed] = workdir
     return runs[seed]
 

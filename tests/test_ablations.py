@@ -1,14 +1,17 @@
-"""configs/ablations.py: every Table 3 row builds the layers the paper describes (shapes and
-parameter counts worked out here from the layer arithmetic), loads through train.py's
-config flag, and one smoke variant trains."""
+"""configs/ablations.py: every Table 3 row builds the layers the paper describes.
+
+Shapes and parameter counts are worked out here from the layer arithmetic; every row loads
+through train.py's config flag, and one smoke variant trains.
+"""
 
 import json
 
 import pytest
 
 from zfjax.configs import ablations
-from zfjax import architecture, checkpoints, cli, models, tables, training
+from zfjax import architecture, checkpoints, cli, models, train
 from zfjax.cli import train as train_cli
+from zfjax.report import results
 
 # (conv1 kernel, conv1..conv5 maps, fc6/fc7 units, removed layers) of each Table 3 row.
 ZF, WIDE, FC = (96, 256, 384, 384, 256), (96, 256, 512, 1024, 512), (4096, 4096)
@@ -36,8 +39,10 @@ TOTALS = {'zfnet': 62_357_608, 'zfnet-wide': 107_627_624, 'alexnet': 62_378_344,
 
 
 def expected_shapes(first_kernel, maps, units, removed, classes=1000):
-  """Layer -> output shape at 224x224, from the paper's geometry (Fig. 3; AlexNet as
-  replicated: 55 -> pool 27 -> 27 -> pool 13 -> 13 -> pool 6)."""
+  """Layer -> output shape at 224x224, from the paper's geometry.
+
+  Fig. 3; AlexNet as replicated: 55 -> pool 27 -> 27 -> pool 13 -> 13 -> pool 6.
+  """
   m1, m2, m3, m4, m5 = maps
   if first_kernel == 7:   # ZFNet: conv, pool, norm
     shapes = [('conv1', (110, 110, m1)), ('pool1', (55, 55, m1)), ('norm1', (55, 55, m1)),
@@ -87,7 +92,7 @@ def test_variant_builds_the_papers_layers(name):
   assert config.dataset == 'imagenet2012' and config.image_size == 224
   assert config.filter_rms_radius == (0.0 if name.startswith('alexnet') else 0.1)
   assert config.train_error_eval  # Table 3 reports train top-1
-  assert tables.variant(config) == name  # zfjax.tables puts its results on this row
+  assert results.variant(config) == name  # zfjax-tables puts its results on this row
 
 
 @pytest.mark.parametrize('name', list(LAYERS))
@@ -98,7 +103,7 @@ def test_smoke_variant_keeps_the_layer_sequence(name):
   assert architecture.layer_names(small) == architecture.layer_names(full)
   shapes = architecture.shapes(small, (config.image_size, config.image_size, 3))
   assert shapes['pool5'][:2] == (1, 1) and shapes['fc8'] == (1000,)
-  assert config.num_train_steps == 3 and tables.variant(config) is None  # not the paper's
+  assert config.num_train_steps == 3 and results.variant(config) is None  # not the paper's
 
 
 @pytest.mark.parametrize('arg', ['', 'zfnet-fc4096', 'zfnet,tiny', 'resnet'])
@@ -108,7 +113,8 @@ def test_unknown_variant_names_the_valid_ones(arg):
 
 
 def test_train_py_config_flag_loads_a_variant():
-  argv = cli.with_packaged_configs(['train.py', '--config=configs/ablations.py:alexnet-no-fc67,smoke'])
+  argv = cli.with_packaged_configs(['train.py',
+                                    '--config=configs/ablations.py:alexnet-no-fc67,smoke'])
   values = train_cli.define(argv)
   values(argv)
   assert values.config.remove_layers == ('fc6', 'fc7') and values.config.num_train_steps == 3
@@ -116,13 +122,15 @@ def test_train_py_config_flag_loads_a_variant():
 
 @pytest.mark.slow  # a training run; test_training and test_train_cli cover the loop
 def test_smoke_variant_trains_without_four_layers(tmp_path):
-  """The smallest ablation end to end (train, checkpoint, evaluate on both splits), on
-  the offline digits instead of ImageNet: TFDS's path is tested on mock ImageNet in
-  test_train_imagenet_mock.py."""
+  """The smallest ablation end to end: train, checkpoint, evaluate on both splits.
+
+  On the offline digits instead of ImageNet: TFDS's path is tested on mock ImageNet in
+  test_train_imagenet_mock.py.
+  """
   config = ablations.get_config('alexnet-no-conv34-fc67,smoke')
   config.update(dataset='digits', train_split='train', eval_split='test', random_flip=False,
                 eval_batch_size=120)
-  results = training.train_and_evaluate(config, tmp_path)
+  results = train.train_and_evaluate(config, tmp_path)
   assert results['step'] == 3 and results['count'] == 360
   saved = json.loads((tmp_path / 'results.json').read_text())
   for key in ('top1_error', 'top5_error', 'train_top1_error', 'train_top5_error'):

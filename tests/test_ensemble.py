@@ -1,6 +1,9 @@
-"""zfjax.ensemble: softmax-averaged ensembles of train.py workdirs (Table 2), on two tiny
-digits runs (configs/digits.py:smoke, seeds 0 and 1). The full tier adds the command line
-and the same net twice (each a further compile of the evaluation)."""
+"""zfjax.train.ensemble and zfjax-ensemble: softmax-averaged ensembles (Table 2).
+
+On two tiny digits runs (configs/digits.py:smoke, seeds 0 and 1). The full tier adds the
+command line's successful run and the same net twice (each a further compile of the
+evaluation).
+"""
 
 import json
 import os
@@ -12,7 +15,9 @@ import numpy as np
 import pytest
 
 from zfjax.configs import digits
-from zfjax import checkpoints, ensemble, input_pipeline, models, training
+from zfjax import checkpoints, input_pipeline, loading, models
+from zfjax.cli import ensemble as ensemble_cli
+from zfjax.train import ensemble, steps
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -37,12 +42,12 @@ def test_two_nets_average_their_softmax(digits_smoke_run):
   result = ensemble.evaluate_workdirs(workdirs, step=2)
   # By hand: every test image at once, each net's softmax, their mean.
   data = input_pipeline.load_digits(size=36)
-  images, labels = input_pipeline.center_crop_np(data.test_images, 32), data.test_labels
+  images, labels = input_pipeline.center_crop_batch(data.test_images, 32), data.test_labels
   probs = []
   for workdir in workdirs:
     restored_config, params = checkpoints.restore_params(workdir, step=2)
     model = models.from_config(restored_config, 10)
-    probs.append(np.asarray(training.probabilities(model, params, images)))
+    probs.append(np.asarray(steps.probabilities(model, params, images)))
   mean = np.mean(probs, axis=0)
   assert result['count'] == len(labels) == 360
   assert result['top1_error'] == pytest.approx(np.mean(mean.argmax(-1) != labels), abs=1e-9)
@@ -53,7 +58,8 @@ def test_two_nets_average_their_softmax(digits_smoke_run):
 def _member(name, **fields):
   config = digits.get_config('smoke')
   config.update(fields)
-  return ensemble.Member(name, pathlib.Path(name), config, None, None, 10)
+  net = loading.Loaded(config, None, None, 10, 'paper', None, pathlib.Path(name, '4'), 4)
+  return ensemble.Member(name, net)
 
 
 @pytest.mark.parametrize('fields, message', [
@@ -68,13 +74,6 @@ def test_members_must_see_the_same_images(fields, message):
     ensemble.check_members(members)
   ensemble.check_members(members[:2])
   ensemble.check_members([_member('runA'), _member('runB', seed=7)])  # seeds may differ
-
-
-def test_num_classes_from_the_last_dense_layer():
-  params = {'fc6': {'bias': np.zeros(16)}, 'fc8': {'bias': np.zeros(10)},
-            'conv1': {'bias': np.zeros(3)}}
-  assert ensemble.num_classes(params) == 10
-  assert ensemble.num_classes({'fc7': {'bias': np.zeros(5)}}) == 5
 
 
 @pytest.mark.slow
@@ -93,14 +92,29 @@ def test_cli_writes_the_json(digits_smoke_run, tmp_path):
 
 
 @pytest.mark.parametrize('argv, message', [
-    (['--workdirs', 'MISSING'], 'no checkpoint at'),
+    (['--workdirs', 'MISSING'], 'MISSING does not exist'),
+    (['--workdirs', 'RUN', 'MISSING'], 'MISSING does not exist'),  # the paths after it count
     (['--workdirs', 'RUN', '--step', '3'], 'no checkpoint of step 3'),
+    (['--workdirs', 'RUN', '--step', 'newest'], "--step must be 'latest', 'best' or a step"),
     (['--workdirs', 'RUN', '--batch-size', '0'], 'eval_batch_size 0 must be a positive'),
+    (['--workdirs', 'RUN', '--batch_size', '0'], 'eval_batch_size 0 must be a positive'),
+    (['--workdirs', 'RUN', '--crops', 'five'], 'flag --crops=five: value should be one of'),
+    ([], 'name the members: --workdirs DIR'),
 ])
 def test_cli_errors_are_one_line(argv, message, digits_smoke_run, tmp_path, capsys):
   argv = [str(digits_smoke_run(0)) if a == 'RUN' else str(tmp_path / a) if a == 'MISSING'
           else a for a in argv]
-  assert ensemble.main([*argv, '--out', str(tmp_path / 'e.json')]) == 2
+  assert ensemble_cli.main([*argv, '--out', str(tmp_path / 'e.json')]) == 2
   err = capsys.readouterr().err
   assert err.startswith('error: ') and message in err and err.count('\n') == 1
   assert not (tmp_path / 'e.json').exists()
+
+
+def test_python_m_zfjax_ensemble_runs_the_program(tmp_path):
+  """The shim zfjax/ensemble.py keeps the README's `python -m zfjax.ensemble` working."""
+  proc = subprocess.run([sys.executable, '-m', 'zfjax.ensemble', '--workdirs',
+                         str(tmp_path / 'none'), '--out', str(tmp_path / 'e.json')], cwd=REPO,
+                        text=True, capture_output=True, timeout=300,
+                        env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [f'error: {tmp_path / "none"} does not exist']

@@ -1,8 +1,10 @@
-"""Damaged and foreign checkpoints: every failure is one CheckpointError line naming the
-checkpoint directory and what is wrong, from `checkpoints.restore` (training's resume)
-and `checkpoints.restore_params` (the analyses); `restore_latest` falls back to the newest
-step that restores. The states are the digits smoke config's TrainState (a small_zfnet
-8-wide, fc 16) filled with random numbers: nothing is trained, so this runs in seconds.
+"""Damaged and foreign checkpoints: every failure is one CheckpointError line.
+
+The line names the checkpoint directory and what is wrong, from `checkpoints.restore`
+(training's resume) and `checkpoints.restore_params` (the analyses); `restore_latest`
+falls back to the newest step that restores. The states are the digits smoke config's
+TrainState (a small_zfnet 8-wide, fc 16) filled with random numbers: nothing is trained,
+so this runs in seconds.
 
 Orbax writes a step as <step>/_CHECKPOINT_METADATA (the step's metadata and our config)
 and <step>/default/ (_METADATA, the tree of array shapes and dtypes; the arrays in an
@@ -24,7 +26,8 @@ import pytest
 from testing_models import load_visualize
 
 from zfjax.configs import digits
-from zfjax import checkpoints, models, parallel, training
+from zfjax import checkpoints, models, parallel
+from zfjax.train import train_state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 IMAGE_SHAPE = (32, 32, 3)
@@ -38,9 +41,9 @@ def smoke_config(**overrides):
 
 def state_shapes(config):
   model = models.from_config(config, 10)
-  optimizer = training.create_optimizer(config)
-  return jax.eval_shape(lambda: training.init_train_state(config, model, optimizer,
-                                                          IMAGE_SHAPE))
+  optimizer = train_state.create_optimizer(config)
+  return jax.eval_shape(lambda: train_state.init_train_state(config, model, optimizer,
+                                                             IMAGE_SHAPE))
 
 
 def random_state(shapes, seed=0):
@@ -208,8 +211,11 @@ def test_restore_into_another_architecture_names_the_array(workdir):
 
 
 def test_restore_params_checks_the_config_model(tmp_path, tiny):
-  """Params saved under a config of another width, and a workdir config.json of another
-  model: restore_params refuses both, naming the array."""
+  """restore_params refuses params of another width and a config.json of another model.
+
+  Params saved under a config of another width, and a workdir config.json of another
+  model: both refused, naming the array.
+  """
   _, state, _ = tiny
   other = smoke_config(conv_features=(4, 8, 8, 8, 8))
   manager = checkpoints.create_manager(tmp_path / 'a' / 'checkpoints', async_save=False)
@@ -306,9 +312,10 @@ def test_visualize_and_export_print_one_line(workdir, capsys, tmp_path):
   assert visualize.main(['filters', '--workdir', str(workdir), '--out',
                          str(tmp_path / 'figures')]) == 2
   err = capsys.readouterr().err.strip()
-  assert err.startswith('visualize.py filters: error: checkpoint ') and 'is damaged' in err
+  assert err.startswith(f'error: checkpoint {workdir / "checkpoints" / "4"} is damaged'), err
   assert len(err.splitlines()) == 1, err
-  from zfjax import interop  # pylint: disable=import-outside-toplevel
-  assert interop.main(['export', str(workdir), '--out', str(tmp_path / 'x.safetensors')]) == 2
+  from zfjax.cli import interop as interop_cli  # pylint: disable=import-outside-toplevel
+  assert interop_cli.main(['export', str(workdir), '--out',
+                           str(tmp_path / 'x.safetensors')]) == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith(f'error: checkpoint {workdir / "checkpoints" / "4"} is damaged')

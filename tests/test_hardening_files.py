@@ -1,5 +1,7 @@
-"""Untrusted files: weights files that try to run code, safetensors in and out, damaged
-weights files, and index.html's escaping of captions and file names.
+"""Untrusted files: code in weights files, safetensors, damaged files, HTML escaping.
+
+Weights files that try to run code, safetensors in and out, damaged weights files, and
+index.html's escaping of captions and file names.
 
 A malicious .pth here is a torch.save'd dict holding an object whose __reduce__ returns
 (os.system, ('touch MARKER',)): a full unpickler (torch.load(weights_only=False),
@@ -17,7 +19,6 @@ import urllib.parse
 import jax
 import numpy as np
 import pytest
-from testing_models import load_visualize
 
 import safetensors.torch as safetensors_torch
 import torch
@@ -26,6 +27,8 @@ from pytorchcv.models import zfnet as pytorchcv_zfnet
 
 from zfjax.configs import digits
 from zfjax import checkpoints, interop, models
+from zfjax.cli import interop as interop_cli
+from zfjax.report import folder
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REFUSED = 'holds objects other than tensors'
@@ -54,8 +57,10 @@ def bitwise_equal(a, b):
 
 @pytest.fixture(scope='module')
 def digits_workdir(tmp_path_factory):
-  """An imported-style workdir of the digits smoke model (params only, random numbers of
-  the model's shapes: nothing is compiled)."""
+  """An imported-style workdir of the digits smoke model.
+
+  Params only, random numbers of the model's shapes: nothing is compiled.
+  """
   config = digits.get_config('smoke')
   shapes = checkpoints.param_shapes(models.spec_from_config(config, 10), (32, 32, 3))
   rng = np.random.default_rng(0)
@@ -91,13 +96,16 @@ def test_pickle_that_runs_code_is_refused_and_not_run(kind, tmp_path):
 
 
 def test_cli_refuses_a_malicious_pth_in_one_line(tmp_path, capsys):
-  """`python -m zfjax.interop import` (its main, in this process): exit status 2 and one
-  line on stderr; the command did not run and no workdir was written."""
+  """`python -m zfjax.interop import` refuses a malicious .pth: status 2 and one line.
+
+  Its main runs in this process: exit status 2 and one line on stderr; the command did not
+  run and no workdir was written.
+  """
   marker = tmp_path / 'MARKER'
   path = tmp_path / 'zfnet.pth'
   torch.save({'state_dict': {'w': RunsCode(f'touch {marker}')}}, path)
   out = tmp_path / 'out'
-  assert interop.main(['import', str(path), '--arch', 'zfnet', '--out', str(out)]) == 2
+  assert interop_cli.main(['import', str(path), '--arch', 'zfnet', '--out', str(out)]) == 2
   err = capsys.readouterr().err
   assert err.startswith(f'error: {path} {REFUSED} (') and err.count('\n') == 1, err
   assert ACCEPTED in err and 'Traceback' not in err
@@ -125,16 +133,18 @@ def test_damaged_weights_files_are_one_line_errors(tmp_path):
       interop.load_weights(tmp_path / name)
   with pytest.raises(FileNotFoundError, match='no file'):
     interop.load_weights(tmp_path / 'missing.pth')
-  assert interop.main(['import', str(tmp_path / 'junk.pth'), '--arch', 'zfnet', '--out',
-                       str(tmp_path / 'out')]) == 2
+  assert interop_cli.main(['import', str(tmp_path / 'junk.pth'), '--arch', 'zfnet', '--out',
+                           str(tmp_path / 'out')]) == 2
 
 
 # ----------------------------------------------------------------------- safetensors
 
 
 def test_safetensors_of_a_pytorchcv_state_dict_imports_as_the_pth(tmp_path):
-  """pytorchcv's zfnet (random weights) written by torch.save and by safetensors: the two
-  imports are the same params, bit for bit."""
+  """A state dict written by torch.save and by safetensors imports as the same params.
+
+  pytorchcv's zfnet (random weights); the two imports agree bit for bit.
+  """
   state_dict = pytorchcv_zfnet.zfnet(pretrained=False).state_dict()
   torch.save(state_dict, tmp_path / 'zfnet.pth')
   safetensors_torch.save_file(state_dict, tmp_path / 'zfnet.safetensors')
@@ -162,15 +172,17 @@ def test_safetensors_is_told_by_suffix_or_header(tmp_path):
 
 def test_safetensors_export_and_import_round_trip_without_torch(digits_workdir, tmp_path,
                                                               monkeypatch):
-  """export --out X.safetensors then import X.safetensors --arch zfjax: the same params
-  bit for bit and the same config, with torch made unimportable."""
+  """export --out X.safetensors, then import it --arch zfjax, without torch: a round trip.
+
+  The same params bit for bit and the same config, with torch made unimportable.
+  """
   workdir, params = digits_workdir
   monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` now fails
   exported = tmp_path / 'digits.safetensors'
-  assert interop.main(['export', str(workdir), '--out', str(exported)]) == 0
+  assert interop_cli.main(['export', str(workdir), '--out', str(exported)]) == 0
   assert interop.is_safetensors(exported) and exported.with_suffix('.json').is_file()
-  assert interop.main(['import', str(exported), '--arch', 'zfjax', '--out',
-                       str(tmp_path / 'back')]) == 0
+  assert interop_cli.main(['import', str(exported), '--arch', 'zfjax', '--out',
+                           str(tmp_path / 'back')]) == 0
   config, back = checkpoints.restore_params(tmp_path / 'back')
   assert config.model == 'small_zfnet' and config.dataset == 'digits'
   assert jax.tree.all(jax.tree.map(bitwise_equal, jax.tree.map(np.asarray, back), params))
@@ -178,8 +190,9 @@ def test_safetensors_export_and_import_round_trip_without_torch(digits_workdir, 
 
 def test_pth_and_safetensors_exports_agree(digits_workdir, tmp_path):
   workdir, _ = digits_workdir
-  assert interop.main(['export', str(workdir), '--out', str(tmp_path / 'a.pth')]) == 0
-  assert interop.main(['export', str(workdir), '--out', str(tmp_path / 'a.safetensors')]) == 0
+  assert interop_cli.main(['export', str(workdir), '--out', str(tmp_path / 'a.pth')]) == 0
+  assert interop_cli.main(['export', str(workdir), '--out',
+                           str(tmp_path / 'a.safetensors')]) == 0
   pth = interop.load_weights(tmp_path / 'a.pth')
   safe = interop.load_weights(tmp_path / 'a.safetensors')
   assert list(pth) == list(safe) or set(pth) == set(safe)
@@ -203,14 +216,13 @@ class Page(html.parser.HTMLParser):
 
 
 def test_index_escapes_captions_and_file_names(tmp_path):
-  visualize = load_visualize()
   png, numbers = 'a&b "c" <d>.png', 'a&b "c" <d>.json'
   (tmp_path / png).write_bytes(b'png')
   (tmp_path / numbers).write_text('{}')
   entries = [{'key': 'x', 'title': '<img src=x onerror=alert(1)>', 'png': png,
               'json': numbers, 'caption': '<script>alert("x")</script> & more',
               'model': '<b>m</b>', 'command': 'visualize.py --images "<x>.png"'}]
-  page = visualize.write_index(tmp_path, entries)
+  page = folder.write_index(tmp_path, entries)
   text = page.read_text()
   parser = Page()
   parser.feed(text)

@@ -2,6 +2,7 @@
 
 import itertools
 import os
+import re
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from zfjax import digits_data, image_batches, tfds_data
 from zfjax import input_pipeline as ip
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +36,7 @@ def test_digits_info_and_split_sizes():
   config = digits_config()
   info = ip.dataset_info(config)
   assert info == ip.DatasetInfo(10, 1437, 360, (32, 32, 3))
-  data = ip._digits(config)
+  data = digits_data.config_digits(config)
   assert len(data.train_labels) + len(data.test_labels) == 1797
   # stratified: every class in both splits, in proportion
   assert np.all(np.bincount(data.test_labels) >= 35)
@@ -43,24 +45,24 @@ def test_digits_info_and_split_sizes():
 def test_digits_split_disjoint_and_complete():
   """The two splits partition the 1,797 originals, and hold their preprocessed images."""
   from sklearn import datasets
-  data = ip._digits(digits_config())
+  data = digits_data.config_digits(digits_config())
   index = np.concatenate([data.train_index, data.test_index])
   assert sorted(index) == list(range(1797))
   originals = datasets.load_digits()
-  expected = ip.resize_bilinear(originals.images[index] * (255 / 16), 36)
+  expected = image_batches.resize_bilinear(originals.images[index] * (255 / 16), 36)
   images = np.concatenate([data.train_images, data.test_images]) + data.mean_image
   np.testing.assert_allclose(images, np.repeat(expected[..., None], 3, -1), atol=1e-3)
   labels = np.concatenate([data.train_labels, data.test_labels])
   np.testing.assert_array_equal(labels, originals.target[index])
   # fixed by the split seed; another seed, another split
-  other = ip._digits(digits_config(split_seed=1))
+  other = digits_data.config_digits(digits_config(split_seed=1))
   assert not np.array_equal(other.test_index, data.test_index)
-  np.testing.assert_array_equal(ip._digits(digits_config(seed=5, split_seed=0)).test_index,
-                                data.test_index)
+  same = digits_data.config_digits(digits_config(seed=5, split_seed=0))
+  np.testing.assert_array_equal(same.test_index, data.test_index)
 
 
 def test_digits_preprocessing_values():
-  data = ip._digits(digits_config())
+  data = digits_data.config_digits(digits_config())
   assert data.train_images.dtype == np.float32
   np.testing.assert_allclose(data.train_images.mean(axis=0), 0, atol=1e-3)  # per pixel
   assert 0 <= data.mean_image.min() and data.mean_image.max() <= 255
@@ -72,7 +74,7 @@ def test_digits_preprocessing_values():
 def test_resize_matches_jax_linear():
   import jax
   x = np.random.default_rng(0).random((3, 8, 8))
-  ours = ip.resize_bilinear(x, 36)
+  ours = image_batches.resize_bilinear(x, 36)
   theirs = np.asarray(jax.image.resize(x.astype(np.float32), (3, 36, 36), 'linear'))
   np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
@@ -90,9 +92,9 @@ def test_digits_train_batch_shapes_and_labels():
 def test_digits_train_crops_are_subimages():
   """Every training image is a 32x32 window of its 36x36 source, unflipped for digits."""
   config = digits_config()
-  data = ip._digits(config)
-  batch = ip.digits_global_batch(config, 3)
-  rows = ip.stream_rows(config.seed, 1437, 3 * 64, 64)
+  data = digits_data.config_digits(config)
+  batch = digits_data.digits_global_batch(config, 3)
+  rows = digits_data.stream_rows(config.seed, 1437, 3 * 64, 64)
   offsets = set()
   for image, source in zip(batch['image'], data.train_images[rows]):
     found = [(i, j) for i in range(5) for j in range(5)
@@ -105,9 +107,9 @@ def test_digits_train_crops_are_subimages():
 
 def test_digits_random_flip():
   config = digits_config(random_flip=True)
-  data = ip._digits(config)
-  batch = ip.digits_global_batch(config, 0)
-  rows = ip.stream_rows(config.seed, 1437, 0, 64)
+  data = digits_data.config_digits(config)
+  batch = digits_data.digits_global_batch(config, 0)
+  rows = digits_data.stream_rows(config.seed, 1437, 0, 64)
   flipped = 0
   for image, source in zip(batch['image'], data.train_images[rows]):
     windows = [source[i:i + 32, j:j + 32] for i in range(5) for j in range(5)]
@@ -120,11 +122,11 @@ def test_digits_random_flip():
 
 def test_digits_epochs_are_permutations():
   """Consecutive batches walk through each epoch's permutation: every example once."""
-  rows = ip.stream_rows(0, 1437, 0, 2 * 1437)
+  rows = digits_data.stream_rows(0, 1437, 0, 2 * 1437)
   assert sorted(rows[:1437]) == list(range(1437))
   assert sorted(rows[1437:]) == list(range(1437))
   assert not np.array_equal(rows[:1437], rows[1437:])
-  np.testing.assert_array_equal(ip.stream_rows(0, 1437, 1400, 100), rows[1400:1500])
+  np.testing.assert_array_equal(digits_data.stream_rows(0, 1437, 1400, 100), rows[1400:1500])
 
 
 def test_digits_resume_is_exact():
@@ -162,7 +164,7 @@ def test_digits_batch_size_must_split():
 @pytest.mark.parametrize('count', [1, 2, 3])
 def test_digits_eval_covers_split_once(count):
   config = digits_config(eval_batch_size=96)
-  data = ip._digits(config)
+  data = digits_data.config_digits(config)
   streams = [list(ip.eval_batches(config, process_index=p, process_count=count))
              for p in range(count)]
   assert len({len(s) for s in streams}) == 1 and len(streams[0]) == 4  # ceil(360 / 96)
@@ -175,7 +177,7 @@ def test_digits_eval_covers_split_once(count):
       seen.append((batch['image'][batch['mask']], batch['label'][batch['mask']]))
   assert sum(len(labels) for _, labels in seen) == 360
   images = np.concatenate([i for i, _ in seen])
-  expected = ip.center_crop_np(data.test_images, 32)
+  expected = image_batches.center_crop_batch(data.test_images, 32)
   order = np.lexsort(images.reshape(len(images), -1).T)
   expected_order = np.lexsort(expected.reshape(360, -1).T)
   np.testing.assert_array_equal(images[order], expected[expected_order])
@@ -202,7 +204,7 @@ def test_digits_ten_crop():
   np.testing.assert_array_equal(ten['image'][:, 9], center['image'][:, :, ::-1])
   for k in range(5):
     np.testing.assert_array_equal(ten['image'][:, k + 5], ten['image'][:, k, :, ::-1])
-  source = ip._digits(config).test_images[:50]
+  source = digits_data.config_digits(config).test_images[:50]
   np.testing.assert_array_equal(ten['image'][:, 0], source[:, :32, :32])
   np.testing.assert_array_equal(ten['image'][:, 1], source[:, :32, 4:])
   np.testing.assert_array_equal(ten['image'][:, 2], source[:, 4:, :32])
@@ -213,7 +215,7 @@ def test_digits_classes_subset():
   config = digits_config(digits_classes=(7, 2, 5))
   info = ip.dataset_info(config)
   assert info.num_classes == 3
-  data = ip._digits(config)
+  data = digits_data.config_digits(config)
   assert info.num_train + info.num_eval == len(data.train_labels) + len(data.test_labels)
   from sklearn import datasets
   target = datasets.load_digits().target
@@ -224,7 +226,7 @@ def test_digits_classes_subset():
   originals = datasets.load_digits()
   rows = np.flatnonzero(np.isin(target, (7, 2, 5)))[data.train_index]
   np.testing.assert_array_equal(np.array([7, 2, 5])[data.train_labels], target[rows])
-  expected = ip.resize_bilinear(originals.images[rows] * (255 / 16), 36)
+  expected = image_batches.resize_bilinear(originals.images[rows] * (255 / 16), 36)
   np.testing.assert_allclose(data.train_images[..., 0] + data.mean_image[..., 0], expected,
                              atol=1e-3)
 
@@ -242,6 +244,25 @@ def test_digits_path_imports_no_tensorflow():
   subprocess.run([sys.executable, '-c', code], check=True, cwd=REPO)
 
 
+def test_a_missing_train_extra_is_named_in_one_line(monkeypatch):
+  """Without scikit-learn or TensorFlow (made unimportable here), the error names [train]."""
+  from zfjax import extras
+  pip = 'which is not installed: pip install "zfjax[train]"'
+  for name in ('sklearn', 'sklearn.datasets', 'sklearn.model_selection'):
+    monkeypatch.setitem(sys.modules, name, None)
+  with pytest.raises(extras.MissingExtraError, match=r'^the digits dataset needs sklearn, '
+                     + re.escape(pip) + '$'):
+    digits_data.digits_pool((), 20)
+  monkeypatch.setitem(sys.modules, 'tensorflow', None)
+  tfds_data.tensorflow_modules.cache_clear()
+  try:
+    with pytest.raises(extras.MissingExtraError, match=r'^reading TFDS datasets needs '
+                       r'tensorflow, ' + re.escape(pip) + '$'):
+      ip.dataset_info(ml_collections.ConfigDict(dict(dataset='imagenet2012', image_size=32)))
+  finally:
+    tfds_data.tensorflow_modules.cache_clear()
+
+
 # ----------------------------------------------------------------------------- TFDS
 # TensorFlow is imported only from here on, lazily, so the digits tests above stay TF-free.
 
@@ -256,8 +277,11 @@ def fake_image(split: str, i: int) -> np.ndarray:
 
 
 def fake_as_dataset(self, split, decoders=None, read_config=None, **kwargs):
-  """A stand-in for the builder's reader that honours (sub-)splits, unlike mock_data's
-  default: example i of 'train' has label i, of 'validation' label 500 + i."""
+  """A stand-in for the builder's reader that honours (sub-)splits.
+
+  Unlike mock_data's default: example i of 'train' has label i, of 'validation' label
+  500 + i.
+  """
   del self, read_config, kwargs
   import tensorflow as tf
   from types import SimpleNamespace
@@ -307,7 +331,7 @@ def mock_tfds():
 
 def preprocessed(split: str, i: int, size: int) -> np.ndarray:
   """The fake example resized and center-cropped eagerly, before mean subtraction."""
-  return ip.resize_and_center_crop(fake_image(split, i), size).numpy()
+  return tfds_data.resize_and_center_crop(fake_image(split, i), size).numpy()
 
 
 def known_image(h=50, w=70) -> np.ndarray:
@@ -337,15 +361,15 @@ def test_resize_and_center_crop_shapes_and_values():
   import tensorflow as tf
   for shape in [(50, 70, 3), (70, 50, 3), (5, 3, 3), (40, 40, 3), (1, 300, 3)]:
     image = tf.cast(tf.ones(shape) * 200, tf.uint8)
-    out = ip.resize_and_center_crop(image, 40)
+    out = tfds_data.resize_and_center_crop(image, 40)
     assert out.shape == (40, 40, 3) and out.dtype == tf.float32
     np.testing.assert_allclose(out.numpy(), 200, atol=1e-3)
   image = known_image()
-  eager = ip.resize_and_center_crop(image, 40).numpy()
-  np.testing.assert_allclose(in_dataset(lambda x: ip.resize_and_center_crop(x, 40), image),
+  eager = tfds_data.resize_and_center_crop(image, 40).numpy()
+  np.testing.assert_allclose(in_dataset(lambda x: tfds_data.resize_and_center_crop(x, 40), image),
                              eager, atol=1e-4)
   # 50x70 -> 40x56, middle 40 columns; a 40x40 image is left as it is
-  np.testing.assert_allclose(ip.resize_and_center_crop(image[:40, :40], 40).numpy(),
+  np.testing.assert_allclose(tfds_data.resize_and_center_crop(image[:40, :40], 40).numpy(),
                              image[:40, :40], atol=1e-3)
 
 
@@ -355,28 +379,31 @@ def test_random_crop_flip_eager_equals_dataset_and_stays_inside():
   found = set()
   for k in range(12):
     seed = tf.constant([3, k], tf.int64)
-    eager = ip.random_crop_flip(tf.constant(image), seed, 32, True).numpy()
-    graph = in_dataset(lambda x: ip.random_crop_flip(x, seed, 32, True), image)
+    eager = tfds_data.random_crop_flip(tf.constant(image), seed, 32, True).numpy()
+    graph = in_dataset(lambda x: tfds_data.random_crop_flip(x, seed, 32, True), image)
     np.testing.assert_array_equal(eager, graph)
     assert eager.shape == (32, 32, 3)
     where = find_window(eager, image, 32, atol=0)
     assert len(where) == 1
     found.add(where[0])
   assert len({(i, j) for i, j, _ in found}) > 3 and {f for *_, f in found} == {0, 1}
-  no_flip = ip.random_crop_flip(tf.constant(image), tf.constant([3, 0], tf.int64), 32, False)
+  no_flip = tfds_data.random_crop_flip(tf.constant(image), tf.constant([3, 0], tf.int64), 32,
+                                       False)
   assert find_window(no_flip.numpy(), image, 32, atol=0)[0][2] == 0
   # a crop as large as the image is the image (or its mirror)
-  whole = ip.random_crop_flip(tf.constant(image), tf.constant([1, 2], tf.int64), 40, False)
+  whole = tfds_data.random_crop_flip(tf.constant(image), tf.constant([1, 2], tf.int64), 40,
+                                     False)
   np.testing.assert_array_equal(whole.numpy(), image)
 
 
 def test_ten_crop_and_center_crop_tf_match_numpy():
   image = known_image(40, 40)
-  eager = ip.ten_crop(image, 32).numpy()
-  np.testing.assert_array_equal(in_dataset(lambda x: ip.ten_crop(x, 32), image), eager)
-  np.testing.assert_array_equal(eager, ip.ten_crop_np(image[None], 32)[0])
-  np.testing.assert_array_equal(ip.center_crop(image, 32).numpy(), eager[4])
-  np.testing.assert_array_equal(in_dataset(lambda x: ip.center_crop(x, 32), image), eager[4])
+  eager = tfds_data.tf_ten_crop(image, 32).numpy()
+  np.testing.assert_array_equal(in_dataset(lambda x: tfds_data.tf_ten_crop(x, 32), image), eager)
+  np.testing.assert_array_equal(eager, image_batches.ten_crop_batch(image[None], 32)[0])
+  np.testing.assert_array_equal(tfds_data.tf_center_crop(image, 32).numpy(), eager[4])
+  np.testing.assert_array_equal(in_dataset(lambda x: tfds_data.tf_center_crop(x, 32), image),
+                                eager[4])
   np.testing.assert_array_equal(eager[9], eager[4][:, ::-1])
   np.testing.assert_array_equal(eager[3], image[8:, 8:])
 
@@ -427,7 +454,7 @@ def test_tfds_mean_image_computed_and_cached(fake_tfds, tmp_path, monkeypatch):
 
   def fail(*args, **kwargs):
     raise AssertionError('recomputed instead of read from the cache')
-  monkeypatch.setattr(ip, 'compute_mean_image', fail)
+  monkeypatch.setattr(tfds_data, 'compute_mean_image', fail)
   np.testing.assert_array_equal(ip.mean_image(config), mean)
   assert os.path.getmtime(path) == mtime
   # a capped pass is a different file
@@ -479,7 +506,8 @@ def test_tfds_eval_covers_split_once(fake_tfds, tmp_path, count):
       assert batch['image'].shape == (6 // count, 32, 32, 3) and batch['mask'].dtype == bool
       assert np.all(batch['image'][~batch['mask']] == 0)
       for image, label in zip(batch['image'][batch['mask']], batch['label'][batch['mask']]):
-        expected = ip.center_crop_np((preprocessed('validation', label - 500, 40) - mean)[None], 32)
+        example = preprocessed('validation', label - 500, 40) - mean
+        expected = image_batches.center_crop_batch(example[None], 32)
         np.testing.assert_allclose(image, expected[0], atol=1e-3)
         labels.append(label)
   assert sorted(labels) == list(range(500, 511))
@@ -497,13 +525,16 @@ def test_tfds_ten_crop_batches(fake_tfds, tmp_path):
 
 @pytest.fixture
 def gcs_tripwire(monkeypatch):
-  """TFDS as 4.9.6 and 4.9.7 ship it, asking its bucket gs://tfds-data for the metadata of
-  any dataset not prepared in the data dir (later versions have that lookup off by default:
-  turned on here so the tests below check zfjax, whichever TFDS is installed), with every
-  way to the bucket raising and recorded: gcs_utils.exists, through which each of TFDS's
-  bucket lookups goes, and tf.io.gfile on gs:// paths, which etils.epath (so TFDS) reads
-  the bucket with. conftest's socket guard does not see these: tf.io.gfile's GCS client is
-  C++ (libcurl). Yields the list of attempts."""
+  """TFDS with its bucket lookup on and every way to the bucket raising and recorded.
+
+  TFDS 4.9.6 and 4.9.7 ask their bucket gs://tfds-data for the metadata of any dataset
+  not prepared in the data dir (later versions have that lookup off by default: turned on
+  here so the tests below check zfjax, whichever TFDS is installed). Guarded:
+  gcs_utils.exists, through which each of TFDS's bucket lookups goes, and tf.io.gfile on
+  gs:// paths, which etils.epath (so TFDS) reads the bucket with. conftest's socket guard
+  does not see these: tf.io.gfile's GCS client is C++ (libcurl). Yields the list of
+  attempts.
+  """
   import tensorflow as tf
   from tensorflow_datasets.core.utils import gcs_utils
   attempts = []
@@ -549,7 +580,7 @@ def test_imagenet_missing_manual_download_is_explained(gcs_tripwire, tmp_path):
 
 def test_image_folder_makes_no_gcs_lookup(gcs_tripwire, tmp_path):
   import tensorflow as tf
-  from zfjax import transfer
+  from zfjax.train import transfer_data
   for label, value in (('apple', 40), ('pear', 200)):
     (tmp_path / 'train' / label).mkdir(parents=True)
     for i in range(2):
@@ -557,7 +588,7 @@ def test_image_folder_makes_no_gcs_lookup(gcs_tripwire, tmp_path):
       (tmp_path / 'train' / label / f'{i}.png').write_bytes(tf.io.encode_png(image).numpy())
   config = ml_collections.ConfigDict(dict(folder=str(tmp_path / 'train'), exclude_classes=(),
                                           dataset_name='fruit'))
-  data = transfer._load_folder(config, 10, 8, np.zeros((8, 8, 3), np.float32))
+  data = transfer_data.load_folder(config, 10, 8, np.zeros((8, 8, 3), np.float32))
   assert data.class_names == ('apple', 'pear') and sorted(data.labels) == [0, 0, 1, 1]
   assert gcs_tripwire == []
 

@@ -5,16 +5,19 @@ AlexNet written here in plain torch (torchvision is not a dependency), and
 tools/torch_zfnet's TorchZFNet, whose state dict is the 'zfjax' layout. Their weights are
 randomized (He-normal, small positive biases) so every layer is alive; inputs are like
 ImageNet-normalized images. Each import must give the source's logits to 1e-4 (max error
-over max |logit|) and come back bit for bit. Then the CLI: import -> restore_params and
-visualize's loader, export -> torch.load, and the errors users see.
+over max |logit|) and come back bit for bit. Then the command line (zfjax.cli.interop):
+import -> restore_params and zfjax.loading, export of each layout -> torch.load, bit for
+bit, and the errors users see.
 
 Tiers. The default tier checks each source layout once (pytorchcv's zfnet, torchvision's
 AlexNet at 224, the zfjax layout on a narrow ZFNet), input-scale folding, the CLI's import
-of a real zfnet and export and re-import of a small model, and the errors. The full tier
+of a real zfnet, its export as pytorchcv's layout and folded re-import, the export and
+re-import of a small model, and the errors. The full tier
 (`--full`; marked slow) adds the big or repeated cases, each seconds of large tensors and
 compilation: pytorchcv's zfnetb (108M weights), AlexNet at 256 (the adaptive pool), the
 full-size zfjax round trip, the deconvnet projection of the imported zfnet, the CLI's
-export and re-import of the full zfnet; and the refused write, a subprocess that loads
+export and re-import of the full zfnet and its round trips of zfnetb and torchvision's
+AlexNet; and the refused write, a subprocess that loads
 JAX and Orbax before the OS refuses its checkpoint.
 """
 
@@ -29,7 +32,6 @@ import numpy as np
 import pytest
 import torch
 from test_train_cli import with_file_size_limit
-from testing_models import load_visualize
 
 # The model module itself: pytorchcv.model_provider imports every model, torchvision too,
 # and PyPI's torchvision does not import beside the CPU torch the tests install.
@@ -39,7 +41,8 @@ sys.path.insert(0, str(REPO / 'tools'))
 import torch_zfnet as tz  # pylint: disable=wrong-import-position
 
 # pylint: disable=wrong-import-position
-from zfjax import architecture, checkpoints, deconv, interop, models
+from zfjax import architecture, checkpoints, deconv, interop, loading, models, preprocess
+from zfjax.cli import interop as cli_interop
 
 TOLERANCE = 1e-4
 nn = torch.nn
@@ -98,8 +101,11 @@ def relative_error(actual, reference):
 
 @functools.lru_cache(maxsize=None)
 def forward(spec):
-  """The model's jitted apply: one compilation per spec takes a fraction of the time of
-  compiling its operations one by one."""
+  """The model's jitted apply.
+
+  One compilation per spec takes a fraction of the time of compiling its operations one
+  by one.
+  """
   return jax.jit(models.ConvNet(spec).apply)
 
 
@@ -205,8 +211,10 @@ def test_zfjax_params_round_trip_bitwise():
 
 @pytest.mark.slow
 def test_deconv_projection_of_imported_zfnet_matches_torch_reference(zfnet):
-  """The imported model's conv5 projections equal tools/torch_zfnet's literal deconvnet
-  on the same weights (pytorchcv's layout: normalize before pooling, alpha 2e-5)."""
+  """The imported model's conv5 projections equal tools/torch_zfnet's literal deconvnet.
+
+  On the same weights (pytorchcv's layout: normalize before pooling, alpha 2e-5).
+  """
   spec, variables = interop.from_torch(zfnet.state_dict(), 'zfnet')
   x = images(1, seed=4)
   channels = (0, 7)
@@ -234,11 +242,11 @@ def imported(zfnet, tmp_path_factory):
   source = root / 'zfnet.pth'
   torch.save({'state_dict': zfnet.state_dict(), 'epoch': 3}, source)
   out = root / 'imported'
-  assert interop.main(['import', str(source), '--arch', 'zfnet', '--out', str(out)]) == 0
+  assert cli_interop.main(['import', str(source), '--arch', 'zfnet', '--out', str(out)]) == 0
   return source, out
 
 
-def test_cli_import_restores_the_same_model(zfnet, imported, monkeypatch):
+def test_cli_import_restores_the_same_model(zfnet, imported):
   _, out = imported
   config, params = checkpoints.restore_params(out)
   assert config.model == 'pytorchcv_zfnet' and config.norm_before_pool
@@ -250,26 +258,84 @@ def test_cli_import_restores_the_same_model(zfnet, imported, monkeypatch):
   model = models.from_config(config, 1000)
   assert model.spec == architecture.pytorchcv_zfnet(1000)
   assert json.loads((out / 'config.json').read_text())['model'] == 'pytorchcv_zfnet'
-  # visualize.py --checkpoint OUT and --workdir OUT open it (its mean image: a stand-in).
-  visualize = load_visualize()
-  monkeypatch.setattr(visualize, 'load_mean', lambda config, notes, unavailable:
-                      np.zeros((256, 256, 3), np.float32))
-  for kind in ('checkpoint', 'workdir'):
-    session = visualize.load_session(str(out), kind, 'latest', visualize.Progress())
-    assert session.model.spec == model.spec and session.step == 0
+  # The one loader (the figures' --checkpoint OUT and --workdir OUT) opens it, and knows
+  # that pytorchcv's weights take ImageNet-normalized inputs (no mean image).
+  net = loading.load(out / 'checkpoints' / '0')
+  assert net.spec == model.spec and net.step == 0 and net.num_classes == 1000
+  assert net.normalization == preprocess.IMAGENET and net.mean is None
+  np.testing.assert_allclose(net.input(np.full((300, 240, 3), 255, np.uint8))[0, 0],
+                             (1 - np.asarray(preprocess.IMAGENET_MEAN))
+                             / np.asarray(preprocess.IMAGENET_STD), rtol=1e-5)
+
+
+def round_trip(arch, workdir, expected, tmp_path, suffix='.pth'):
+  """`export --arch ARCH` of `workdir`: the file holds `expected` bit for bit.
+
+  Its config sits beside it. Returns the file's path and its state dict.
+  """
+  exported = tmp_path / f'exported_{arch}{suffix}'
+  assert cli_interop.main(['export', str(workdir), '--arch', arch, '--out',
+                           str(exported)]) == 0
+  state_dict = interop.load_weights(exported)
+  assert_same_state_dict(state_dict, expected)
+  assert json.loads(exported.with_suffix('.json').read_text()) == json.loads(
+      (workdir / 'config.json').read_text())
+  return exported, state_dict
+
+
+def test_cli_exports_pytorchcv_layout(zfnet, imported, tmp_path):
+  """export --arch zfnet gives pytorchcv's own state dict back; its module loads it."""
+  _, out = imported
+  _, state_dict = round_trip('zfnet', out, zfnet.state_dict(), tmp_path)
+  fresh = pytorchcv_zfnet.zfnet(pretrained=False)
+  fresh.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()})
+
+
+@pytest.mark.slow
+def test_cli_import_folded_is_a_paper_space_net(zfnet, imported, tmp_path):
+  """import --fold-normalization: conv1 scaled, the rest as it was, 'paper' inputs."""
+  source, _ = imported
+  folded = tmp_path / 'folded'
+  assert cli_interop.main(['import', str(source), '--arch', 'zfnet', '--out', str(folded),
+                           '--fold-normalization']) == 0
+  net = loading.load(folded)
+  assert net.normalization == preprocess.PAPER and net.config.model == 'pytorchcv_zfnet'
+  assert net.mean is not None and 'conv1 scaled' in net.config.input_transform
+  _, variables = interop.from_torch(zfnet.state_dict(), 'zfnet')
+  scale = 255 * np.asarray(preprocess.IMAGENET_STD)[:, None]  # per input channel (HWIO)
+  np.testing.assert_allclose(np.asarray(net.params['conv1']['kernel']) * scale,
+                             variables['params']['conv1']['kernel'], rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(net.params['fc8']['kernel']),
+                                variables['params']['fc8']['kernel'])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('arch', ['zfnetb', 'torchvision_alexnet'])
+def test_cli_round_trips_the_other_torch_layouts(arch, tmp_path):
+  """import --arch ARCH, then export --arch ARCH: the source's state dict, bit for bit."""
+  if arch == 'zfnetb':
+    source = randomize(pytorchcv_zfnet.zfnetb(pretrained=False, num_classes=10), seed=8)
+  else:
+    source = randomize(TorchvisionAlexNet(num_classes=10), seed=9)
+  path = tmp_path / f'{arch}.pth'
+  torch.save(source.state_dict(), path)
+  workdir = tmp_path / 'imported'
+  assert cli_interop.main(['import', str(path), '--arch', arch, '--out', str(workdir)]) == 0
+  assert loading.load(workdir).normalization == preprocess.IMAGENET
+  round_trip(arch, workdir, source.state_dict(), tmp_path, suffix='.safetensors')
 
 
 @pytest.mark.slow
 def test_cli_export_and_reimport(zfnet, imported, tmp_path):
   _, out = imported
   exported = tmp_path / 'export' / 'zfjax.pth'
-  assert interop.main(['export', str(out), '--out', str(exported)]) == 0
+  assert cli_interop.main(['export', str(out), '--out', str(exported)]) == 0
   state_dict = torch.load(exported, weights_only=True)
   spec, variables = interop.from_torch(zfnet.state_dict(), 'zfnet')
   assert_same_state_dict(state_dict, interop.to_torch(variables, spec, 'zfjax'))
   assert json.loads(exported.with_suffix('.json').read_text())['model'] == 'pytorchcv_zfnet'
   again = tmp_path / 'again'  # the sidecar config brings back pytorchcv's spec
-  assert interop.main(['import', str(exported), '--arch', 'zfjax', '--out', str(again)]) == 0
+  assert cli_interop.main(['import', str(exported), '--arch', 'zfjax', '--out', str(again)]) == 0
   config, params = checkpoints.restore_params(again)
   assert models.spec_from_config(config, 1000) == spec
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params),
@@ -277,15 +343,17 @@ def test_cli_export_and_reimport(zfnet, imported, tmp_path):
 
 
 def test_fold_input_scale():
-  """Folded params on 0-255 pixels minus 255 * mean give the source's logits of the
-  normalized image."""
+  """Folded params on 0-255 pixels minus 255 * mean give the source's logits.
+
+  The source's of the normalized image, that is.
+  """
   source = randomize(TorchvisionAlexNet(num_classes=10), seed=6)
   spec, variables = interop.from_torch(source.state_dict(), 'torchvision_alexnet')
   folded = interop.fold_input_scale(variables['params'], spec)
   assert folded['conv2'] is variables['params']['conv2']
   pixels = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(7))
-  mean = torch.tensor(interop.IMAGENET_MEAN)[:, None, None]
-  std = torch.tensor(interop.IMAGENET_STD)[:, None, None]
+  mean = torch.tensor(preprocess.IMAGENET_MEAN)[:, None, None]
+  std = torch.tensor(preprocess.IMAGENET_STD)[:, None, None]
   with torch.no_grad():
     reference = source((pixels - mean) / std).numpy()
   ours = logits(spec, {'params': folded}, (pixels - mean) * 255)
@@ -332,14 +400,16 @@ def test_errors_name_the_problem(zfnet, tmp_path):
   assert 'Traceback' not in result.stderr
   (tmp_path / 'full').mkdir()
   (tmp_path / 'full' / 'file').write_text('x')
-  assert interop.main(['import', str(path), '--arch', 'zfnet', '--out',
-                       str(tmp_path / 'full')]) == 2
+  assert cli_interop.main(['import', str(path), '--arch', 'zfnet', '--out',
+                           str(tmp_path / 'full')]) == 2
 
 
 @pytest.fixture(scope='module')
 def small_export(tmp_path_factory):
-  """(params, exported .pth) of a digits-sized small_zfnet (32x32 inputs, a 4x4 map into
-  fc6), written as a workdir and exported by the CLI."""
+  """(params, exported .pth) of a digits-sized small_zfnet, exported by the CLI.
+
+  32x32 inputs, a 4x4 map into fc6; written as a workdir first.
+  """
   from zfjax.configs import digits  # pylint: disable=import-outside-toplevel
   root = tmp_path_factory.mktemp('small')
   config = digits.get_config('smoke')
@@ -351,7 +421,7 @@ def small_export(tmp_path_factory):
   params = jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(s.dtype), shapes)
   interop.write_checkpoint(root / 'digits', params, config)
   exported = root / 'digits.pth'
-  assert interop.main(['export', str(root / 'digits'), '--out', str(exported)]) == 0
+  assert cli_interop.main(['export', str(root / 'digits'), '--out', str(exported)]) == 0
   return params, exported
 
 
@@ -360,21 +430,50 @@ def test_export_of_a_small_model_uses_its_image_size(small_export, tmp_path):
   params, exported = small_export
   state_dict = torch.load(exported, weights_only=True)
   assert tuple(state_dict['fc6.weight'].shape) == (16, 8 * 4 * 4)
-  assert interop.main(['import', str(exported), '--arch', 'zfjax', '--out',
-                       str(tmp_path / 'back')]) == 0
+  assert cli_interop.main(['import', str(exported), '--arch', 'zfjax', '--out',
+                           str(tmp_path / 'back')]) == 0
   back_config, back = checkpoints.restore_params(tmp_path / 'back')
   assert back_config.dataset == 'digits' and back_config.model == 'small_zfnet'
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, back),
                jax.tree.map(np.asarray, params))
-  assert interop.main(['import', str(exported), '--arch', 'zfjax', '--out',
-                       str(tmp_path / 'folded'), '--fold-normalization']) == 0
+  round_trip('zfjax', tmp_path / 'back', torch.load(exported, weights_only=True), tmp_path)
+  assert cli_interop.main(['import', str(exported), '--arch', 'zfjax', '--out',
+                           str(tmp_path / 'folded'), '--fold-normalization']) == 0
   folded_config, folded = checkpoints.restore_params(tmp_path / 'folded')
   assert 'conv1 scaled' in folded_config.input_transform
-  scale = 255 * np.asarray(interop.IMAGENET_STD)[:, None]  # per input channel (HWIO)
+  scale = 255 * np.asarray(preprocess.IMAGENET_STD)[:, None]  # per input channel (HWIO)
   np.testing.assert_allclose(np.asarray(folded['conv1']['kernel']) * scale,
                              np.asarray(params['conv1']['kernel']), rtol=1e-6)
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, folded['conv2']),
                jax.tree.map(np.asarray, params['conv2']))
+  assert folded_config.input_normalization == preprocess.PAPER
+  # absl's usual spelling of the flag works too
+  assert cli_interop.main(['import', str(exported), '--arch', 'zfjax', '--out',
+                           str(tmp_path / 'folded_too'), '--fold_normalization']) == 0
+  _, folded_too = checkpoints.restore_params(tmp_path / 'folded_too')
+  np.testing.assert_array_equal(np.asarray(folded_too['conv1']['kernel']),
+                                np.asarray(folded['conv1']['kernel']))
+
+
+def test_export_refuses_a_layout_of_another_model(small_export, tmp_path, capsys):
+  """A small_zfnet is no pytorchcv zfnet: exit 2, one line saying to use --arch zfjax."""
+  _, exported = small_export
+  workdir = tmp_path / 'small'
+  assert cli_interop.main(['import', str(exported), '--arch', 'zfjax', '--out',
+                           str(workdir)]) == 0
+  capsys.readouterr()
+  for arch in ('zfnet', 'zfnetb', 'torchvision_alexnet'):
+    out = tmp_path / f'{arch}.pth'
+    assert cli_interop.main(['export', str(workdir), '--arch', arch, '--out', str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith('error: checkpoint '), err
+    assert f"holds model 'small_zfnet', not arch {arch!r}'s; export it with --arch zfjax" in err
+    assert not out.exists()
+  assert cli_interop.main(['export', str(workdir), '--arch', 'vgg', '--out',
+                           str(tmp_path / 'x.pth')]) == 2
+  assert 'vgg' in capsys.readouterr().err
+  assert cli_interop.main(['export', str(workdir), '--out', str(tmp_path)]) == 2
+  assert 'is a directory' in capsys.readouterr().err
 
 
 # Big enough for the workdir's config.json (about 1 kB), too small for the array data of
@@ -385,9 +484,12 @@ FILE_SIZE_LIMIT = 8_000
 @pytest.mark.slow
 def test_import_refused_by_the_file_system_is_one_line_and_leaves_no_checkpoint(
     small_export, tmp_path):
-  """`import` under a file size limit too small for the checkpoint's array data (the
-  kernel refuses the write, as a full disk would): exit 2, one line naming where and why,
-  and no step directory that would pass for a complete checkpoint."""
+  """`import` refused by the file system: exit 2, one line, no complete-looking step.
+
+  Under a file size limit too small for the checkpoint's array data (the kernel refuses
+  the write, as a full disk would): one line naming where and why, and no step directory
+  that would pass for a complete checkpoint.
+  """
   _, exported = small_export
   out = tmp_path / 'full'
   proc = subprocess.run(with_file_size_limit(FILE_SIZE_LIMIT, [

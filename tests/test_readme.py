@@ -3,6 +3,7 @@
 import pathlib
 import re
 import subprocess
+import tomllib
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +30,18 @@ def test_ci_runs_the_readme_blocks():
                        f'readme_block {name}'],
         cwd=ROOT, capture_output=True, text=True, check=True).stdout
     blocks[name] = out
-  assert 'pip install -e ".[test]"' in blocks['install']
+  # the extras the next blocks need: [train] for the digits run, [test] for the tests
+  assert 'pip install -e ".[train,test]"' in blocks['install']
   assert blocks['run'].strip() == 'python train.py --config configs/digits.py --workdir /tmp/zf'
   assert blocks['test'].strip() == 'python -m pytest -q -n 2'
   assert blocks['test-full'].strip() == 'python -m pytest -q -n 2 --full'
+
+
+def test_the_install_command_names_extras_that_exist():
+  """The README's pip install asks for extras pyproject.toml defines, [train] among them."""
+  block = re.search(r'<!-- ci:install -->\n```bash\n(.*?)```', README, re.S).group(1)
+  named = {extra for group in re.findall(r'pip install -e "\.\[([\w,]+)\]"', block)
+           for extra in group.split(',')}
+  pyproject = tomllib.loads((ROOT / 'pyproject.toml').read_text())
+  defined = set(pyproject['tool']['setuptools']['dynamic']['optional-dependencies'])
+  assert {'train', 'test'} <= named <= defined, (named, defined)

@@ -8,8 +8,9 @@
   `python -m zfjax.reference --small --out tests/data/reference_small.npz` and say why.
 - The metadata documents the layout of every array.
 
-The small file is generated once, in-process through the command line's main; the full
-file (224x224, about 40 s) is the full tier's.
+The small file is generated once, in-process through the command line's main
+(zfjax.cli.reference); the full file (224x224, about 40 s, through `python -m
+zfjax.reference`) is the full tier's.
 """
 
 import json
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 
 from zfjax import architecture, reference
+from zfjax.cli import reference as cli_reference
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / 'tests' / 'data' / 'reference_small.npz'
@@ -37,7 +39,7 @@ def run_checker(path):
 @pytest.fixture(scope='module')
 def fresh_file(tmp_path_factory):
   path = tmp_path_factory.mktemp('reference') / 'small.npz'
-  assert reference.main(['--small', '--out', str(path)]) == 0
+  assert cli_reference.main(['--small', '--out', str(path)]) == 0
   return path
 
 
@@ -111,6 +113,18 @@ def test_metadata_documents_the_layout(golden):
   assert arrays['occlusion/prob'].shape == tuple(occlusion['positions'])
   assert (occlusion['patch'], occlusion['stride'], occlusion['fill']) == (16, 16, 0.0)
   assert GOLDEN.stat().st_size < 600_000
+
+
+def test_cli_mistakes_are_one_line_and_write_nothing(tmp_path, capsys):
+  """A bad --images or a missing --out: exit status 2, one line on stderr, no file."""
+  out = tmp_path / 'x.npz'
+  assert cli_reference.main(['--small', '--images', '0', '--out', str(out)]) == 2
+  assert capsys.readouterr().err == 'error: --images must be at least 1, got 0\n'
+  assert cli_reference.main(['--small']) == 2
+  assert capsys.readouterr().err.startswith('error: --out is required')
+  assert cli_reference.main(['--small', '--out', str(out), 'extra']) == 2
+  assert 'unexpected arguments' in capsys.readouterr().err
+  assert not out.exists()
 
 
 @pytest.mark.slow

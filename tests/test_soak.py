@@ -1,6 +1,7 @@
-"""A kill-and-resume soak: a digits smoke run SIGKILLed 20 times at random moments,
-restarted each time with the same command, ends with exactly the losses and parameters of
-a run never killed.
+"""A kill-and-resume soak: 20 random SIGKILLs, then the uninterrupted run's exact state.
+
+A digits smoke run SIGKILLed 20 times at random moments, restarted each time with the same
+command, ends with exactly the losses and parameters of a run never killed.
 
 Tiers: full tier only (`--full`, or `-m slow`): 2,000 steps and 21 starts of train.py take
 minutes. The default tier's kill-and-resume check is test_train_cli.py's single SIGKILL.

@@ -1,5 +1,9 @@
-"""zfjax.tables: hand-written results, ensemble and transfer JSON rendered into the paper's
-tables, each cell checked (ours and the paper's on the right row)."""
+"""The paper's tables from hand-written results, ensemble and transfer JSON.
+
+zfjax.report.results reads them, zfjax.report.tables renders them, and zfjax-tables
+(`python -m zfjax.tables`) writes the Markdown; each cell is checked (ours and the
+paper's on the right row).
+"""
 
 import json
 import pathlib
@@ -8,7 +12,9 @@ import sys
 
 import pytest
 
-from zfjax import tables
+from zfjax.cli import tables as tables_cli
+from zfjax.report import results
+from zfjax.report import tables
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 IMAGENET = {'dataset': 'imagenet2012', 'eval_split': 'validation', 'image_size': 224,
@@ -22,9 +28,9 @@ def write(path, data, raw=False):
   return path
 
 
-def train_run(root, name, config, **results):
+def train_run(root, name, config, **errors):
   write(root / name / 'config.json', {**IMAGENET, **config})
-  write(root / name / 'results.json', {'step': 100, **results})
+  write(root / name / 'results.json', {'step': 100, **errors})
   (root / name / 'checkpoints' / '100').mkdir(parents=True)
   write(root / name / 'checkpoints' / '100' / 'junk.json', {'kind': 'transfer'})  # skipped
   return root / name
@@ -42,8 +48,11 @@ def transfer_row(method, features, classifier, n, mean, std, splits=5, **extra):
 
 @pytest.fixture
 def inputs(tmp_path):
-  """A results tree: a zfnet baseline with ten crops, two ablations (one a paper row, one
-  not), a digits run, a 6-net ensemble, a Caltech-101 and a digits transfer."""
+  """A results tree of every kind of input.
+
+  A zfnet baseline with ten crops, two ablations (one a paper row, one not), a digits run,
+  a 6-net ensemble, a Caltech-101 and a digits transfer.
+  """
   runs = tmp_path / 'runs'
   train_run(runs, 'zf', {'model': 'zfnet'}, top1_error=0.401, top5_error=0.182,
             ten_crop_top1_error=0.385, ten_crop_top5_error=0.171, train_top1_error=0.35)
@@ -96,7 +105,7 @@ def parse(markdown):
 
 
 def rendered(inputs):
-  collected = tables.collect([inputs['runs']], [inputs['caltech'], inputs['digits']])
+  collected = results.collect([inputs['runs']], [inputs['caltech'], inputs['digits']])
   return parse(tables.render(collected))
 
 
@@ -200,7 +209,7 @@ def test_voc_mean_ap_and_per_class(tmp_path):
           transfer_row('frozen', 'fc7', 'softmax', None, 0.7, 0.0, splits=1,
                        per_class_ap={'aeroplane': 0.91, 'bicycle': 0.5}),
           transfer_row('frozen', 'fc6', 'softmax', None, 0.6, 0.0, splits=1)]})
-  out = parse(tables.render(tables.collect([], [path])))
+  out = parse(tables.render(results.collect([], [path])))
   table = out['Table 6: PASCAL VOC 2012']
   fc7 = row(table, 'method', 'pretrained, frozen fc7 + softmax')
   assert (fc7['mean AP (ours)'], fc7['mean AP (paper)']) == ('70.0', '79.0')
@@ -219,10 +228,10 @@ def test_cli_writes_the_markdown(inputs, tmp_path):
   assert proc.returncode == 0, proc.stderr
   assert 'wrote' in proc.stdout and '5 runs, 2 transfers' in proc.stdout
   assert parse(out.read_text()) == rendered(inputs)
-  imports = subprocess.run([sys.executable, '-c', "import sys, zfjax.tables; "
+  imports = subprocess.run([sys.executable, '-c', "import sys, zfjax.report.tables; "
                             "print('jax' in sys.modules)"], cwd=REPO, capture_output=True,
                            text=True)
-  assert imports.stdout.strip() == 'False'  # a Markdown tool: no JAX needed
+  assert imports.stdout.strip() == 'False'  # the Markdown library: no JAX needed
 
 
 @pytest.mark.parametrize('make, message', [
@@ -238,7 +247,7 @@ def test_cli_writes_the_markdown(inputs, tmp_path):
 ])
 def test_bad_inputs_name_the_file_in_one_line(tmp_path, capsys, make, message):
   path = make(tmp_path)
-  status = tables.main(['--results', str(path), '--out', str(tmp_path / 'o.md')])
+  status = tables_cli.main(['--results', str(path), '--out', str(tmp_path / 'o.md')])
   err = capsys.readouterr().err
   assert status == 2 and message in err and err.count('\n') == 1, err
   assert not (tmp_path / 'o.md').exists()
@@ -246,19 +255,23 @@ def test_bad_inputs_name_the_file_in_one_line(tmp_path, capsys, make, message):
 
 def test_workdir_without_results_is_an_error(tmp_path, capsys):
   (tmp_path / 'empty').mkdir()
-  assert tables.main(['--workdirs', str(tmp_path / 'empty'), '--out', 'o.md']) == 2
+  assert tables_cli.main(['--workdirs', str(tmp_path / 'empty'), '--out', 'o.md']) == 2
   assert 'empty: no results.json, ensemble or transfer JSON' in capsys.readouterr().err
-  assert tables.main(['--workdirs', str(tmp_path / 'nope'), '--out', 'o.md']) == 2
+  assert tables_cli.main(['--workdirs', str(tmp_path / 'nope'), '--out', 'o.md']) == 2
   assert 'nope: no such directory' in capsys.readouterr().err
+  assert tables_cli.main(['--out', 'o.md']) == 2
+  assert 'give --workdirs or --results' in capsys.readouterr().err
+  assert tables_cli.main(['--results', str(tmp_path / 'x.json')]) == 2
+  assert '--out is required' in capsys.readouterr().err
 
 
 def test_variant_from_config_fields():
-  assert tables.variant({'model': 'zfnet_wide'}) == 'zfnet-wide'
-  assert tables.variant({'model': 'zfnet', 'conv_features': [96, 256, 512, 1024, 512],
+  assert results.variant({'model': 'zfnet_wide'}) == 'zfnet-wide'
+  assert results.variant({'model': 'zfnet', 'conv_features': [96, 256, 512, 1024, 512],
                          'fc_features': [8192, 8192]}) == 'zfnet-wide-fc8192'
   # Widths of removed layers do not matter; order of removal does not either.
-  assert tables.variant({'model': 'alexnet', 'fc_features': (2048, 2048),
+  assert results.variant({'model': 'alexnet', 'fc_features': (2048, 2048),
                          'remove_layers': ('fc7', 'fc6')}) == 'alexnet-no-fc67'
-  assert tables.variant({'model': 'zfnet', 'norm_before_pool': True}) is None
-  assert tables.variant({'model': 'small_zfnet'}) is None
-  assert tables.ensemble_key(['zfnet', None, 'zfnet']) == '2 x zfnet + 1 x other'
+  assert results.variant({'model': 'zfnet', 'norm_before_pool': True}) is None
+  assert results.variant({'model': 'small_zfnet'}) is None
+  assert results.ensemble_key(['zfnet', None, 'zfnet']) == '2 x zfnet + 1 x other'

@@ -1,7 +1,9 @@
-"""End-to-end tests of train.py: files written, resume after SIGKILL and SIGTERM, a
-refused write, a busy workdir, multi-process runs, a non-finite loss, and configs that
-cannot run. Each run is a subprocess on the digits smoke config (a narrow small_zfnet, a
-few steps).
+"""End-to-end tests of train.py (zfjax-train): its files, faults, resumes and mistakes.
+
+Files written, resume after SIGKILL and SIGTERM, a refused write, a busy workdir,
+multi-process runs, a non-finite loss, and configs that cannot run (each exits 2 with one
+line). Each run is a subprocess on the digits smoke config (a narrow small_zfnet, a few
+steps).
 
 Tiers. Every train.py subprocess pays the import of JAX and the rest (several seconds on
 two cores) before its first step, so the default tier keeps the essential check only:
@@ -80,9 +82,11 @@ def saved_steps(workdir):
 
 
 def stopped_after(reference, workdir, step):
-  """A copy of the reference workdir as the run leaves it when it stops right after
-  saving `step`: the later checkpoints and results.json gone (metrics.jsonl keeps the
-  later records, as after a kill: the resumed run drops them)."""
+  """A copy of the reference workdir as a run leaves it when it stops right after `step`.
+
+  The later checkpoints and results.json are gone (metrics.jsonl keeps the later records,
+  as after a kill: the resumed run drops them).
+  """
   shutil.copytree(reference, workdir)
   for later in saved_steps(workdir):
     if later > step:
@@ -183,9 +187,11 @@ def test_sigterm_at_a_late_step_saves_it_exits_0_and_resumes_exactly(reference, 
 
 
 def with_file_size_limit(limit, argv):
-  """argv run with writes past `limit` bytes failing with EFBIG ('File too large'), as on
-  a full disk, instead of raising SIGXFSZ: a launcher sets both, then execs argv (no
-  preexec_fn, which would fork this multithreaded process)."""
+  """argv run with writes past `limit` bytes failing with EFBIG, as on a full disk.
+
+  Writes fail with EFBIG ('File too large') instead of raising SIGXFSZ: a launcher sets
+  both, then execs argv (no preexec_fn, which would fork this multithreaded process).
+  """
   launcher = ('import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); '
               f'resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); '
               'os.execv(sys.argv[1], sys.argv[1:])')
@@ -199,7 +205,7 @@ def test_a_refused_write_stops_in_one_line_and_the_last_checkpoint_resumes(refer
   # (metrics.jsonl, config.json and the event file stay smaller).
   proc = subprocess.run(with_file_size_limit(12_000, command(workdir, *RUN)), cwd=REPO,
                         text=True, capture_output=True, env=environment(), timeout=300)
-  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert proc.returncode == 2, proc.stderr[-3000:]
   last_line = proc.stderr.strip().splitlines()[-1]
   assert last_line == (f'error: cannot write to the workdir {workdir} (File too large): '
                        f'training stopped; the last complete checkpoint, '
@@ -231,24 +237,27 @@ def test_write_failures_are_told_apart_from_other_errors():
 
 @pytest.mark.slow
 def test_a_second_run_on_a_busy_workdir_refuses(tmp_path):
-  from zfjax import training  # pylint: disable=import-outside-toplevel
-  with training.workdir_lock(tmp_path):
+  from zfjax.train import faults  # pylint: disable=import-outside-toplevel
+  with faults.workdir_lock(tmp_path):
     proc = train(tmp_path, *RUN, check=False)
-  assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
   assert f'workdir {tmp_path} is in use by another run (pid {os.getpid()}' in proc.stderr
   assert not (tmp_path / 'checkpoints').exists()
-  with training.workdir_lock(tmp_path):  # free again: the refused run took nothing
-    assert (tmp_path / training.LOCK_FILE).read_text().startswith(f'pid {os.getpid()} on ')
+  with faults.workdir_lock(tmp_path):  # free again: the refused run took nothing
+    assert (tmp_path / faults.LOCK_FILE).read_text().startswith(f'pid {os.getpid()} on ')
 
 
 def reserved_port(share: bool) -> socket.socket:
-  """A socket bound to a free port and never listening, for the caller to keep open while
-  its subprocesses use the port: no other process can bind it meanwhile (nor take it as
-  the local port of a connection), so the port cannot be taken between choosing it and
-  using it. Connections to it are refused. With `share`, the socket is bound with
-  SO_REUSEPORT to the wildcard address, both IPv4 and IPv6 where the host has both: a
-  process that also asks for SO_REUSEPORT may bind the same port beside it, as the gRPC
-  server of JAX's coordinator (bound to [::]:port) does, gRPC's default on Linux."""
+  """A socket bound to a free port and never listening.
+
+  The caller keeps it open while its subprocesses use the port: no other process can bind
+  it meanwhile (nor take it as the local port of a connection), so the port cannot be
+  taken between choosing it and using it. Connections to it are refused. With `share`, the
+  socket is bound with SO_REUSEPORT to the wildcard address, both IPv4 and IPv6 where the
+  host has both: a process that also asks for SO_REUSEPORT may bind the same port beside
+  it, as the gRPC server of JAX's coordinator (bound to [::]:port) does, gRPC's default
+  on Linux.
+  """
   if share and socket.has_dualstack_ipv6():
     sock = socket.socket(socket.AF_INET6)
     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -269,7 +278,7 @@ def test_an_unreachable_coordinator_fails_in_bounded_time_naming_it(tmp_path):
     # Bounded: the trainer gives up after --coordinator_timeout, far inside this timeout.
     proc = train(tmp_path, *RUN, f'--coordinator_address={address}', '--num_processes=2',
                  '--process_id=1', '--coordinator_timeout=5', check=False, timeout=120)
-  assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
   assert f'could not join the coordinator at {address} within 5 s' in proc.stderr
 
 
@@ -310,7 +319,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint
   shutil.copytree(reference, workdir)
   proc = train(workdir, '--config.num_train_steps=20', '--config.eval_every_steps=4',
                '--config.checkpoint_every_steps=1', '--config.learning_rate=1e30', check=False)
-  assert proc.returncode != 0
+  assert proc.returncode == 2
   last = proc.stderr.strip().splitlines()[-1]
   found = re.match(r'error: loss is .* at step (\d+): training stopped; the last good '
                    r'checkpoint is step (\d+) in ', last)
@@ -339,7 +348,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint
 ])
 def test_bad_configs_fail_with_one_clear_line(tmp_path, flags, devices, message):
   proc = train(tmp_path, *flags, devices=devices, check=False)
-  assert proc.returncode != 0
+  assert proc.returncode == 2
   assert message in proc.stderr
   assert 'Traceback' not in proc.stderr
   assert not (tmp_path / 'checkpoints').exists()

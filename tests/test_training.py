@@ -1,5 +1,7 @@
-"""Tests of zfjax.training, zfjax.parallel and zfjax.checkpoints (in-process, plus one
-subprocess with four simulated devices). Command-line runs are in test_train_cli.py.
+"""Tests of zfjax.train, zfjax.parallel and zfjax.checkpoints.
+
+In-process, plus one subprocess with four simulated devices. Command-line runs are in
+test_train_cli.py.
 
 Tiers. The default tier keeps data-parallel equality (one device against four, on the
 real-width digits net with dropout, step by step) and every check that compiles little.
@@ -19,7 +21,6 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from zfjax.configs import digits
@@ -27,8 +28,13 @@ from zfjax import checkpoints
 from zfjax import input_pipeline
 from zfjax import parallel
 from zfjax import configs
+from zfjax import extras
 from zfjax import models
-from zfjax import training
+from zfjax import train
+from zfjax.train import fields
+from zfjax.train import logs
+from zfjax.train import steps
+from zfjax.train import train_state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -44,9 +50,9 @@ def build(config, mesh=None):
   mesh = mesh or parallel.create_mesh()
   info = input_pipeline.dataset_info(config)
   model = models.from_config(config, info.num_classes)
-  optimizer = training.create_optimizer(config)
-  state = training.create_train_state(config, model, optimizer, mesh, info.image_shape)
-  return mesh, model, optimizer, state, training.make_train_step(config, model, optimizer, mesh)
+  optimizer = train_state.create_optimizer(config)
+  state = train_state.create_train_state(config, model, optimizer, mesh, info.image_shape)
+  return mesh, model, optimizer, state, steps.make_train_step(config, model, optimizer, mesh)
 
 
 # ----------------------------------------------------------------------------- filters
@@ -58,20 +64,23 @@ def test_renormalize_filters_caps_rms_and_keeps_small_filters_exactly():
   mixed = np.concatenate([big, small], axis=-1)
   params = {'conv1': {'kernel': jnp.asarray(mixed), 'bias': jnp.full((2,), 7.0)},
             'fc6': {'kernel': jnp.full((4, 3), 9.0), 'bias': jnp.zeros(3)}}
-  out = training.renormalize_filters(params, 0.1)
+  out = train_state.renormalize_filters(params, 0.1)
   np.testing.assert_allclose(out['conv1']['kernel'][..., 0], 0.1, rtol=1e-6)
   np.testing.assert_array_equal(out['conv1']['kernel'][..., 1], small[..., 0])
   np.testing.assert_array_equal(out['conv1']['bias'], params['conv1']['bias'])
   np.testing.assert_array_equal(out['fc6']['kernel'], params['fc6']['kernel'])  # dense: no
-  rms = training.filter_rms(out)['conv1']
+  rms = train_state.filter_rms_per_layer(out)['conv1']
   np.testing.assert_allclose(rms, [0.1, 0.05], rtol=1e-6)
-  assert training.renormalize_filters(params, 0.0) is params
+  assert train_state.renormalize_filters(params, 0.0) is params
 
 
 def test_a_bfloat16_step_keeps_float32_params_and_caps_every_filter_rms():
-  """One step (one compilation for two checks): computed in bfloat16, the params stay
-  float32; with He-normal filters (RMS 0.19-0.30) and learning rate 0.5, renormalization
-  brings every conv filter's RMS down to the radius, 0.1."""
+  """One bfloat16 step keeps float32 params and caps every filter's RMS at the radius.
+
+  One compilation for two checks: computed in bfloat16, the params stay float32; with
+  He-normal filters (RMS 0.19-0.30) and learning rate 0.5, renormalization brings every
+  conv filter's RMS down to the radius, 0.1.
+  """
   config = smoke_config(dtype='bfloat16', init='he_normal', learning_rate=0.5,
                         conv_features=(4, 4, 4, 4, 4))
   mesh, _, _, state, train_step = build(config)
@@ -79,7 +88,7 @@ def test_a_bfloat16_step_keeps_float32_params_and_caps_every_filter_rms():
   state, metrics = train_step(state, parallel.global_batch(batch, mesh))
   assert np.isfinite(float(metrics['loss']))
   assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {jnp.dtype('float32')}
-  rms = training.filter_rms(state.params)
+  rms = train_state.filter_rms_per_layer(state.params)
   for name, values in rms.items():
     assert float(values.max()) <= 0.1 * (1 + 1e-5), name
   assert max(float(values.max()) for values in rms.values()) >= 0.1 * (1 - 1e-5)  # capped
@@ -105,7 +114,7 @@ def test_loss_falls_on_digits():
 
 def test_weight_decay_applies_to_kernels_only():
   config = smoke_config(weight_decay=0.5, momentum=0.0, learning_rate=1.0)
-  optimizer = training.create_optimizer(config)
+  optimizer = train_state.create_optimizer(config)
   params = {'conv1': {'kernel': jnp.ones((1, 1, 1, 1)), 'bias': jnp.ones(1)}}
   zeros = jax.tree.map(jnp.zeros_like, params)
   updates, _ = optimizer.update(zeros, optimizer.init(params), params)
@@ -115,19 +124,19 @@ def test_weight_decay_applies_to_kernels_only():
 
 def test_learning_rate_divided_after_patience_evaluations_without_improvement():
   config = smoke_config(lr_patience=2, lr_decay_factor=10.0)
-  plateau = training.plateau_rule(config).init({})
+  plateau = train_state.plateau_rule(config).init({})
   scales = []
   for error in (0.5, 0.4, 0.45, 0.41, 0.42, 0.3):
-    plateau = training.update_plateau(config, plateau, error)
+    plateau = train_state.update_plateau(config, plateau, error)
     scales.append(float(plateau.scale))
   np.testing.assert_allclose(scales, [1, 1, 1, 0.1, 0.1, 0.1], rtol=1e-6)
-  fixed = training.update_plateau(smoke_config(lr_patience=0), plateau, 0.9)
+  fixed = train_state.update_plateau(smoke_config(lr_patience=0), plateau, 0.9)
   assert fixed is plateau
 
 
 def test_dropout_differs_between_examples_and_steps():
-  keys = training._dropout_keys(0, 3, 0, 4)  # pylint: disable=protected-access
-  more = training._dropout_keys(0, 3, 2, 2)  # pylint: disable=protected-access
+  keys = steps._dropout_keys(0, 3, 0, 4)  # pylint: disable=protected-access
+  more = steps._dropout_keys(0, 3, 2, 2)  # pylint: disable=protected-access
   data = jax.random.key_data
   np.testing.assert_array_equal(data(keys[2:]), data(more))
   assert len({tuple(np.asarray(data(k))) for k in keys}) == 4
@@ -146,7 +155,7 @@ def _eval_batches(n=10, classes=3, crops=None, seed=0):
 
 def test_count_correct_ranks_and_masks():
   probs = jnp.array([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.2, 0.6]])
-  counts = training.count_correct(probs, jnp.array([1, 2, 0]), jnp.array([True, True, False]))
+  counts = steps.count_correct(probs, jnp.array([1, 2, 0]), jnp.array([True, True, False]))
   assert float(counts['top1_correct']) == 1 and float(counts['count']) == 2
   assert float(counts['top5_correct']) == 2  # three classes: everything is in the top 5
 
@@ -154,23 +163,23 @@ def test_count_correct_ranks_and_masks():
 def test_evaluate_ten_crops_and_ensemble():
   config = smoke_config()
   mesh, model, optimizer, state, _ = build(config)
-  other = training.create_train_state(smoke_config(seed=1), model, optimizer, mesh,
+  other = train_state.create_train_state(smoke_config(seed=1), model, optimizer, mesh,
                                       (32, 32, 3))
   batch = _eval_batches(crops=10)
   members = [(model, state.params), (model, other.params)]
-  result = training.evaluate_ensemble(members, [batch], mesh)
-  probs = np.mean([training.probabilities(m, p, batch['image']) for m, p in members], axis=0)
+  result = steps.evaluate_ensemble(members, [batch], mesh)
+  probs = np.mean([steps.probabilities(m, p, batch['image']) for m, p in members], axis=0)
   expected = np.argmax(probs, -1) == batch['label']
   assert result['count'] == 8
   assert result['top1_error'] == pytest.approx(1 - expected[:8].mean())
-  single = training.evaluate_ensemble(members[:1], [batch], mesh)
-  same = training.evaluate_ensemble(members[:1] * 2, [batch], mesh)
+  single = steps.evaluate_ensemble(members[:1], [batch], mesh)
+  same = steps.evaluate_ensemble(members[:1] * 2, [batch], mesh)
   assert single['loss'] == pytest.approx(same['loss'], rel=1e-5)
   # Ten identical crops score as the center crop alone.
   center = dict(batch, image=batch['image'][:, 0])
   tiled = dict(batch, image=np.repeat(batch['image'][:, :1], 10, axis=1))
-  a = training.evaluate_ensemble(members[:1], [center], mesh)
-  b = training.evaluate_ensemble(members[:1], [tiled], mesh)
+  a = steps.evaluate_ensemble(members[:1], [center], mesh)
+  b = steps.evaluate_ensemble(members[:1], [tiled], mesh)
   assert a['loss'] == pytest.approx(b['loss'], rel=1e-5)
 
 
@@ -195,16 +204,17 @@ def test_evaluate_ten_crops_and_ensemble():
     ({'dtype': 'float8'}, r"^unknown dtype 'float8' \(config.dtype\)"),
     ({'conv_features': (8, 8)}, r'conv_features must list 5 widths \(conv1..conv5\), got \(8, 8\)'),
     ({'fc_features': (16, 0)}, r'fc_features must be positive integers, got \(16, 0\)'),
-    ({'remove_layers': ('conv9',)}, r"^config.model 'small_zfnet' .*unknown layer\(s\) \['conv9'\]"),
+    ({'remove_layers': ('conv9',)},
+     r"^config.model 'small_zfnet' .*unknown layer\(s\) \['conv9'\]"),
     pytest.param({'dataset': 'mnistt'}, r"^config.dataset: unknown dataset 'mnistt': neither "
                  r"'digits' nor a TFDS dataset \(did you mean 'mnist'\?\)$",
                  marks=pytest.mark.slow),  # imports TFDS for its names: seconds
 ])
 def test_bad_configs_fail_before_work(tmp_path, overrides, message, monkeypatch):
-  monkeypatch.setattr(training, 'make_train_step',
+  monkeypatch.setattr(steps, 'make_train_step',
                       lambda *args, **kwargs: pytest.fail('a bad config reached compilation'))
   with pytest.raises(configs.ConfigError, match=message):
-    training.train_and_evaluate(smoke_config(**overrides), tmp_path)
+    train.train_and_evaluate(smoke_config(**overrides), tmp_path)
   assert not (tmp_path / 'checkpoints').exists()
 
 
@@ -219,15 +229,45 @@ def test_config_values_of_the_wrong_type_name_the_field(tmp_path):
     del bad[field]
     bad[field] = value
     with pytest.raises(configs.ConfigError, match=f'^config.{field} must be {message}$'):
-      training.train_and_evaluate(bad, tmp_path)
+      train.train_and_evaluate(bad, tmp_path)
   assert not (tmp_path / 'checkpoints').exists()
 
 
 def test_total_and_epoch_steps():
   config = smoke_config(num_train_steps=-1, num_epochs=2, batch_size=100)
   info = input_pipeline.DatasetInfo(10, 1000, 100, (32, 32, 3))
-  assert training.total_steps(config, info) == 20
-  assert training.epoch_steps(config, info, (1, 2)) == (10, 20)
+  assert fields.total_steps(config, info) == 20
+  assert fields.epoch_steps(config, info, (1, 2)) == (10, 20)
+
+
+# ----------------------------------------------------------------------------- extras
+
+
+def test_the_training_layer_imports_without_its_extras():
+  """`import zfjax.train` loads no TensorFlow, TensorBoard or scikit-learn.
+
+  Nor do transfer, ensembles and their programs: each extra is imported where it is used.
+  """
+  script = ('import sys\n'
+            'import zfjax.train, zfjax.train.transfer, zfjax.train.ensemble\n'
+            'import zfjax.cli.train, zfjax.cli.transfer, zfjax.cli.ensemble\n'
+            'print(sorted(m for m in ("tensorflow", "tensorflow_datasets", "tensorboard", '
+            '"sklearn") if m in sys.modules))\n')
+  proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                        cwd=REPO, env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.strip() == '[]'
+
+
+def test_metric_writer_without_tensorboard_names_the_extra(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, 'tensorboard', None)  # `import tensorboard` now fails
+  for name in [m for m in sys.modules if m.startswith('tensorboard.')]:
+    monkeypatch.delitem(sys.modules, name)
+  with pytest.raises(extras.MissingExtraError, match=r'^writing TensorBoard event files '
+                     r'needs tensorboard, which is not installed: pip install "zfjax\[train\]"$'):
+    logs.MetricWriter(tmp_path, enabled=True)
+  logs.MetricWriter(tmp_path, enabled=False).write(1, {'loss': 1.0})  # process > 0: no files
+  assert not list(tmp_path.iterdir())
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -293,17 +333,18 @@ FOUR_DEVICES = textwrap.dedent('''
     import jax, numpy as np
     sys.path.insert(0, {repo!r})
     from zfjax.configs import digits
-    from zfjax import checkpoints, input_pipeline, parallel, training
+    from zfjax import checkpoints, input_pipeline, models, parallel
+    from zfjax.train import steps, train_state
     assert jax.device_count() == 4
     config = digits.get_config()
     info = input_pipeline.dataset_info(config)
     model = models.from_config(config, info.num_classes)
-    optimizer = training.create_optimizer(config)
+    optimizer = train_state.create_optimizer(config)
     batches = input_pipeline.train_batches(config)
     batches = [next(batches) for _ in range({steps})]
     mesh1, mesh4 = parallel.create_mesh(jax.devices()[:1]), parallel.create_mesh()
     initial = jax.device_get(
-        training.create_train_state(config, model, optimizer, mesh1, info.image_shape))
+        train_state.create_train_state(config, model, optimizer, mesh1, info.image_shape))
 
     def max_diff(a, b):
       return max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
@@ -311,7 +352,7 @@ FOUR_DEVICES = textwrap.dedent('''
 
     def train(mesh):
       state = jax.device_put(initial, parallel.replicated(mesh))
-      step = training.make_train_step(config, model, optimizer, mesh)
+      step = steps.make_train_step(config, model, optimizer, mesh)
       losses, params = [], []
       for batch in batches:
         state, metrics = step(state, parallel.global_batch(batch, mesh))
@@ -327,7 +368,7 @@ FOUR_DEVICES = textwrap.dedent('''
     manager = checkpoints.create_manager({directory!r})
     checkpoints.save(manager, {steps}, one)
     manager.wait_until_finished()
-    target = training.abstract_train_state(config, model, optimizer, mesh4, info.image_shape)
+    target = train_state.abstract_train_state(config, model, optimizer, mesh4, info.image_shape)
     restored = checkpoints.restore(manager, target)
     manager.close()
     kernel = restored.params['conv1']['kernel']

@@ -1,11 +1,17 @@
-"""End-to-end tests of visualize.py on a smoke-trained digits workdir: every subcommand
-writes decodable PNGs, JSON with the numbers, and an index.html linking only files that
-exist; user mistakes give one-line errors and exit status 2. Plus the display helpers of
-zfjax.plots and the pure parts of zfjax.evolution and zfjax.filters.
+"""The figures of zfjax.report and their command line, on a smoke-trained digits workdir.
+
+Every subcommand of zfjax-visualize (visualize.py, python -m zfjax.visualize) writes
+decodable PNGs, JSON with the numbers, and an index.html linking only files that exist;
+user mistakes give one-line errors and exit status 2. Each figure function runs from
+Python with plain arguments, and `report.gallery` writes the folder. Plus the display
+helpers of zfjax.report.plots and the pure parts of zfjax.report.strongest and
+filter_stats.
 
 The default tier runs each subcommand on its own; `visualize.py all` and the numbers of
-its figures are the full tier's (about 25 s)."""
+its figures are the full tier's (about 25 s).
+"""
 
+import dataclasses
 import html.parser
 import json
 import os
@@ -13,19 +19,24 @@ import pathlib
 import subprocess
 import sys
 
+import matplotlib.figure
 import matplotlib.image
 import numpy as np
 import pytest
 from PIL import Image
 
-from testing_models import load_visualize
-from zfjax import evolution, filters, plots
+from zfjax import loading
+from zfjax import preprocess
+from zfjax import report
+from zfjax.cli import visualize
+from zfjax.report import examples
+from zfjax.report import filter_stats
+from zfjax.report import folder
+from zfjax.report import plots
+from zfjax.report import strongest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIGURES = ('top9', 'evolution', 'invariance', 'filters', 'occlusion', 'correspondence')
-
-
-visualize = load_visualize()
 
 
 def environment():
@@ -290,12 +301,105 @@ def test_bad_image_files(workdir, tmp_path, capsys):
 
 
 def test_cli_exit_codes_without_traceback(tmp_path):
-  for argv, expected in ((['frobnicate'], 'invalid choice'),
-                         (['top9', '--workdir', str(tmp_path / 'nope')], 'does not exist')):
-    proc = subprocess.run([sys.executable, 'visualize.py', *argv], cwd=REPO, text=True,
-                          capture_output=True, env=environment(), timeout=120)
+  for program, argv, expected in (
+      (['visualize.py'], ['frobnicate'], 'unknown command'),
+      (['visualize.py'], ['top9', '--workdir', str(tmp_path / 'nope')], 'does not exist'),
+      (['-m', 'zfjax.visualize'], ['occlusion', '--max-examples', '0'], 'max-examples')):
+    proc = subprocess.run([sys.executable, *program, *argv], cwd=tmp_path if program[0] == '-m'
+                          else REPO, text=True, capture_output=True, env=environment(),
+                          timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert expected in proc.stderr and 'Traceback' not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_mistakes_in_flags_and_output(workdir, tmp_path, capsys):
+  common = ['--workdir', str(workdir)]
+  fails(['top9', *common, '--out', str(tmp_path), '--max-examples', '0'], capsys,
+        '--max-examples', 'positive')
+  taken = tmp_path / 'taken.png'
+  taken.write_bytes(b'a file')
+  fails(['filters', *common, '--no-features', '--out', str(taken)], capsys, 'is a file')
+  fails(['top9', *common, '--out', str(tmp_path), 'stray.png'], capsys, 'unexpected',
+        'stray.png')
+  fails(['top9', *common, '--checkpoint', str(workdir), '--out', str(tmp_path)], capsys,
+        'exactly one of --workdir')
+  fails(['invariance', *common, '--out', str(tmp_path), '--translations', '1:0:0'], capsys,
+        '--translations')
+  fails(['occlusion', *common, '--out', str(tmp_path), '--label', '1,2,3,4'], capsys,
+        'one per image')
+
+
+# ------------------------------------------------------------------ from Python
+
+
+def test_each_figure_from_python_with_plain_arguments(workdir):
+  """Every figure: a Figure and its numbers, from a path or a Loaded net and plain values."""
+  net = loading.load(workdir)
+  made = {
+      'top9': report.top9(str(workdir), layers=['conv1'], channels=[0, 5], k=3,
+                          max_examples=30),
+      'evolution': report.evolution(net, steps=[2, 4], layers=['conv2'], channels=[1],
+                                    max_examples=30),
+      'invariance': report.invariance(net, num_images=2, labels=[3, 4],
+                                      translations=[-1, 0, 1], scales=[1.0, 1.25],
+                                      rotations=[0, 90]),
+      'filters': report.filters(net, features=False),
+      'occlusion': report.occlusion(net, num_images=1, patch=8, stride=8),
+      'correspondence': report.correspondence(net, num_images=3, num_random=2),
+  }
+  for name, (fig, numbers) in made.items():
+    assert isinstance(fig, matplotlib.figure.Figure), name
+    assert numbers['title'] and numbers['caption'], name
+  top9 = made['top9'][1]['layers']['conv1']
+  assert np.shape(top9['values']) == (2, 3) and np.max(top9['example']) < 30
+  assert np.shape(made['evolution'][1]['layers']['conv2']['value']) == (2, 1)
+  invariance = made['invariance'][1]
+  assert np.asarray(invariance['labels']).tolist() == [3, 4]
+  assert np.shape(invariance['transforms']['rotation']['probability']) == (2, 2)
+  assert 'features' not in made['filters'][1]['checkpoints'][0]
+  assert np.shape(made['occlusion'][1]['maps'][0]['prob']) == (4, 4)  # (32 - 8) // 8 + 1
+  assert list(made['correspondence'][1]['rows']) == ['top', 'centre', 'bottom', 'random']
+  with pytest.raises(report.FigureError, match="'conv9'"):
+    report.top9(net, layers=['conv9'])
+  with pytest.raises(report.FigureError, match='label 10 does not exist'):
+    report.occlusion(net, labels=10)
+
+
+def test_gallery_writes_pngs_json_and_index(workdir, tmp_path):
+  out, logged = tmp_path / 'gallery', []
+  written = report.gallery(str(workdir), out, max_examples=20, log=logged.append,
+                           skip=('top9', 'evolution', 'invariance'))  # the full tier's `all`
+  names = ('filters', 'occlusion', 'correspondence')
+  assert [path.name for path in written] == [f'{name}.png' for name in names]
+  assert [line for line in logged if line.startswith('==')] == [f'== {n}' for n in names]
+  for name in names:
+    assert_png(out / f'{name}.png')
+    assert read_json(out / f'{name}.json')['provenance']['step'] == 4
+  assert set(links(out / 'index.html')) == {f'{name}.{ext}' for name in names
+                                            for ext in ('png', 'json')}
+  with pytest.raises(report.FigureError, match='unknown figures'):
+    report.gallery(workdir, out, skip=('fig9',))
+
+
+def test_image_files_become_the_nets_input(workdir, tmp_path):
+  """Paper-space nets subtract their mean; ImageNet-normalized ones get their own input."""
+  path = tmp_path / 'photo.png'
+  rgb = (np.random.default_rng(0).uniform(0, 255, (40, 52, 3))).astype(np.uint8)
+  Image.fromarray(rgb).save(path)
+  paper = loading.load(workdir)
+  imagenet = dataclasses.replace(paper, normalization=preprocess.IMAGENET, mean=None)
+  for net in (paper, imagenet):
+    chosen = examples.for_net(net, [path])
+    expected = preprocess.model_input(rgb, net.normalization, net.mean, size=net.image_size,
+                                      resize=net.resize_size)
+    np.testing.assert_allclose(chosen.images[0], expected, rtol=1e-6, atol=1e-4)
+    shown = net.to_display(chosen.images[0])
+    np.testing.assert_allclose(shown, preprocess.preprocess(rgb, 0.0, size=net.image_size,
+                                                            resize=net.resize_size),
+                               atol=1e-3)
+  assert not np.allclose(examples.for_net(paper, [path]).images,
+                         examples.for_net(imagenet, [path]).images)
 
 
 # ------------------------------------------------------------------ index and helpers
@@ -307,7 +411,7 @@ def test_index_escapes_and_links_only_existing_files(tmp_path):
               'caption': 'x < y & "z"', 'model': 'm', 'command': 'visualize.py <x>'},
              {'key': 'b', 'title': 'B', 'png': 'b.png', 'json': 'b.json', 'caption': 'gone'},
              {'key': 'c', 'title': 'C', 'png': '../etc/passwd', 'caption': 'outside'}]
-  page = visualize.write_index(tmp_path, entries)
+  page = folder.write_index(tmp_path, entries)
   text = page.read_text()
   assert '<b>A</b>' not in text and '&lt;b&gt;A&lt;/b&gt;' in text
   assert 'x &lt; y &amp; &quot;z&quot;' in text
@@ -328,20 +432,20 @@ def test_display_normalization():
 def test_filter_statistics():
   checker = np.indices((4, 4)).sum(0) % 2 * 2.0 - 1.0
   bank = np.stack([np.repeat(checker[..., None], 3, -1), np.ones((4, 4, 3))])
-  high = filters.high_frequency_fraction(bank)
+  high = filter_stats.high_frequency_fraction(bank)
   np.testing.assert_allclose(high, [1.0, 0.0])
-  np.testing.assert_allclose(filters.filter_rms(bank), [1.0, 1.0])
+  np.testing.assert_allclose(filter_stats.rms_per_filter(bank), [1.0, 1.0])
   params = {'conv1': {'kernel': np.moveaxis(bank, 0, -1)}}
-  np.testing.assert_array_equal(filters.filter_bank(params), bank)
+  np.testing.assert_array_equal(filter_stats.filter_bank(params), bank)
   with pytest.raises(ValueError, match='conv layer'):
-    filters.filter_bank(params, 'conv2')
+    filter_stats.filter_bank(params, 'conv2')
 
 
 def test_select_steps():
-  assert evolution.select_steps((2, 4, 6)) == (2, 4, 6)
-  assert evolution.select_steps((2, 4, 6), [6, 2]) == (2, 6)
-  with pytest.raises(ValueError, match=r'\[3\]'):
-    evolution.select_steps((2, 4), [3])
+  assert strongest.select_steps((2, 4, 6)) == (2, 4, 6)
+  assert strongest.select_steps((2, 4, 6), [6, 2]) == (2, 6)
+  with pytest.raises(strongest.MissingStepError, match=r'\[3\]'):
+    strongest.select_steps((2, 4), [3])
 
 
 # ------------------------------------------------------- a photo-sized (224) model
@@ -349,8 +453,11 @@ def test_select_steps():
 
 @pytest.fixture(scope='module')
 def photo_workdir(tmp_path_factory):
-  """A narrow, untrained ZFNet on 224x224 inputs whose dataset (imagenet2012, looked for
-  in an empty data_dir) is not on this machine: the photo and fallback paths."""
+  """A narrow, untrained ZFNet on 224x224 inputs whose dataset is not on this machine.
+
+  Its dataset, imagenet2012, is looked for in an empty data_dir: the photo and fallback
+  paths.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from zfjax.configs import zfnet  # pylint: disable=g-import-not-at-top
@@ -383,6 +490,6 @@ def test_photo_model_uses_sample_photos(photo_workdir, tmp_path, capsys):
   assert 'using the sample photos' in capsys.readouterr().out
   record = read_json(out / 'top9.json')
   assert 'sample photos' in record['dataset']
-  fails(['correspondence', *common], capsys, 'needs --boxes')
+  fails(['correspondence', *common], capsys, 'needs boxes')
   assert set(links(out / 'index.html')) == {'occlusion.png', 'occlusion.json', 'top9.png',
                                             'top9.json'}

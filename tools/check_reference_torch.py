@@ -47,8 +47,10 @@ def conv(x, params, record):
 
 
 def pool_windows(x, record):
-  """(N, C, window*window, out_h, out_w) windows of x, the overhang padded with -inf,
-  and the padded width."""
+  """(N, C, window*window, out_h, out_w) windows of x, and the padded width.
+
+  The overhang (ceil mode) is padded with -inf.
+  """
   n, c, h, w = x.shape
   k, s = record['window'], record['stride']
   rounding = math.ceil if record['ceil'] else math.floor
@@ -60,8 +62,11 @@ def pool_windows(x, record):
 
 
 def max_pool(x, record):
-  """(pooled, switches): switches are flat indices into x's (H, W) of each window's
-  first maximum in row-major order (torch.argmax returns the first maximum)."""
+  """(pooled, switches) of a max pool.
+
+  Switches are flat indices into x's (H, W) of each window's first maximum in row-major
+  order (torch.argmax returns the first maximum).
+  """
   k, s = record['window'], record['stride']
   windows, _ = pool_windows(x, record)
   where = torch.argmax(windows, dim=2, keepdim=True)
@@ -102,8 +107,11 @@ def relu_for(rule):
 
 
 def forward(spec, params, images, upto=None, rule='backprop'):
-  """Run NHWC numpy/torch images through the spec. Returns {name: output} (maps NCHW,
-  dense (N, F)) and {pool name: (switches, input shape)}."""
+  """Run NHWC numpy/torch images through the spec.
+
+  Returns {name: output} (maps NCHW, dense (N, F)) and {pool name: (switches, input
+  shape)}.
+  """
   x = torch.as_tensor(images).permute(0, 3, 1, 2)
   outputs, switches = {}, {}
   for record in spec:
@@ -132,8 +140,10 @@ def forward(spec, params, images, upto=None, rule='backprop'):
 
 
 def strongest(feature_map, channels):
-  """(N, K) flat positions and values of each channel's largest activation in an NCHW
-  map (first in row-major order on ties)."""
+  """(N, K) flat positions and values of each channel's largest activation.
+
+  In an NCHW map; the first in row-major order on ties.
+  """
   flat = feature_map[:, channels].reshape(feature_map.shape[0], len(channels), -1)
   where = torch.argmax(flat, dim=2)
   return where, torch.gather(flat, 2, where[..., None])[..., 0]

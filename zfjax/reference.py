@@ -1,32 +1,24 @@
 """Golden reference outputs: one .npz that another framework can check itself against.
 
-    python -m zfjax.reference --out ref.npz            # full: ZFNet at 224x224, 18 MB
+    arrays = reference.generate(reference.SMALL, seed=0)   # every array, 'metadata' too
+    reference.save(arrays, 'small.npz')
+    arrays, metadata = reference.load('small.npz')
+
+    zfjax-reference --out ref.npz             # full: ZFNet at 224x224, 18 MB
     python -m zfjax.reference --small --out small.npz  # a few hundred KB (tests/data)
     python tools/check_reference_torch.py ref.npz      # an independent PyTorch check
 
-The file holds, for a fixed seed: the parameters, the input images, every named layer's
-output, deconvnet / guided / backprop projections of the strongest activation of a few
-channels at the conv layers, and the three occlusion maps of the first image. Its
-'metadata' entry is a JSON string (a 0-d numpy string array) with the spec, the seed,
-the generators and the layout; docs/reference.md describes everything in prose.
-
-Weights are NOT the paper's normal(1e-2) init (with it the deep layers are nearly zero
-and the file would check little): kernels are He-normal, normal(0, sqrt(2 / fan_in)),
-biases uniform on [0, 0.1), all drawn in spec order (kernel, then bias, layer by layer)
-from `numpy.random.default_rng(seed)` and rounded to float16 precision (stored as
-float32: the rounding only lets the file compress). Images are uniform on [-100, 100)
-(the scale of mean-subtracted 0-255 pixels), one (N, H, W, 3) draw from
-`numpy.random.default_rng(seed + 1)`. Both are numpy only: any framework can redraw them.
+The file holds, for a fixed seed: random (He-normal, numpy-drawn) parameters, the input
+images, every named layer's output, deconvnet / guided / backprop projections and the
+occlusion maps of the first image, and a 'metadata' JSON string describing them all.
+docs/reference.md gives the layout, the generators and the conventions.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import os
 import sys
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,10 +36,13 @@ IMAGE_RANGE = (-100.0, 100.0)
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """What a reference file holds. FULL is ZFNet's conv part at 224x224 (the paper's
-  widths and geometry) with a narrow classifier, one image (about 18 MB; each further
-  image adds about 8 MB); SMALL keeps the layer sequence and every kernel, stride and
-  padding but narrow maps on 64x64 images, for the checked-in file."""
+  """What a reference file holds.
+
+  FULL is ZFNet's conv part at 224x224 (the paper's widths and geometry) with a narrow
+  classifier, one image (about 18 MB; each further image adds about 8 MB); SMALL keeps
+  the layer sequence and every kernel, stride and padding but narrow maps on 64x64
+  images, for the checked-in file.
+  """
   name: str
   image_size: int
   num_images: int
@@ -80,9 +75,11 @@ RULES = deconv.RULES
 
 
 def random_params(spec: tuple, image_size: int, seed: int) -> dict:
-  """zfjax-layout params as numpy float32: He-normal kernels (HWIO / (in, out)), biases
-  uniform on BIAS_RANGE, both rounded to float16 precision; one numpy Generator, layers
-  in spec order, kernel then bias."""
+  """zfjax-layout params as numpy float32, drawn by one numpy Generator.
+
+  He-normal kernels (HWIO / (in, out)), biases uniform on BIAS_RANGE, both rounded to
+  float16 precision; layers in spec order, kernel then bias.
+  """
   rng = np.random.default_rng(seed)
   shapes = architecture.shapes(spec, (image_size, image_size, 3))
   params, previous = {}, (image_size, image_size, 3)
@@ -103,8 +100,11 @@ def random_params(spec: tuple, image_size: int, seed: int) -> dict:
 
 
 def _half_precision(x: np.ndarray) -> np.ndarray:
-  """float32 values exactly representable in float16: such arrays compress to about
-  60% (their low mantissa bits are zero), and parameters are most of the file."""
+  """float32 values exactly representable in float16.
+
+  Such arrays compress to about 60% (their low mantissa bits are zero), and parameters
+  are most of the file.
+  """
   return x.astype(np.float16).astype(np.float32)
 
 
@@ -303,28 +303,6 @@ def load(path) -> tuple[dict[str, np.ndarray], dict]:
   return arrays, json.loads(str(arrays.pop('metadata')))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog='python -m zfjax.reference', description=__doc__.split('\n')[0])
-  parser.add_argument('--out', required=True, help='the .npz to write')
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--images', type=int, default=None,
-                      help='number of images (default 1; each adds about 8 MB to the '
-                      'full file)')
-  parser.add_argument('--small', action='store_true',
-                      help='the small variant (64x64 images, narrow maps)')
-  args = parser.parse_args(argv)
-  config = SMALL if args.small else FULL
-  if args.images is not None:
-    if args.images < 1:
-      parser.error('--images must be at least 1')
-    config = dataclasses.replace(config, num_images=args.images)
-  arrays = generate(config, args.seed)
-  save(arrays, args.out)
-  size = os.path.getsize(args.out) / 1e6
-  print(f'wrote {args.out}: {len(arrays)} arrays, {size:.1f} MB', file=sys.stderr)
-  return 0
-
-
-if __name__ == '__main__':
-  sys.exit(main())
+if __name__ == '__main__':  # python -m zfjax.reference: the command line zfjax-reference
+  from zfjax.cli import reference as cli_reference  # pylint: disable=g-import-not-at-top
+  sys.exit(cli_reference.main())

@@ -42,6 +42,10 @@ from zfjax import input_pipeline
 
 USAGE_ERROR = 2  # the exit status of a user's mistake
 CHATTY_LIBRARIES = ('/orbax/', '/jax/', '/etils/')
+# Orbax's warnings about what zfjax does on purpose: open a checkpoint read-only (how
+# every program reads one), save one without metrics (an imported net has none).
+ORBAX_NOTES = ('CheckpointManagerOptions.read_only=True', 'Given directory is read only',
+               'Requested `tracked_metric`; did not provide metrics')
 PACKAGED_CONFIGS = pathlib.Path(configs.__file__).parent
 
 
@@ -107,6 +111,27 @@ def with_packaged_configs(argv: Sequence[str]) -> list:
   return argv
 
 
+def spread_lists(argv: Sequence[str], names: Iterable[str]) -> list:
+  """argv with `--NAME a b c` spelled `--NAME=a --NAME=b --NAME=c` for each list flag NAME.
+
+  absl's multi-value flags take one value per `--NAME`; this keeps the space-separated
+  lists (`--images a.jpg b.jpg`) that argparse's nargs took. The values run to the next
+  argument that starts with '-'.
+  """
+  names, out, current = set(names), [], None
+  for arg in argv:
+    if arg.startswith('-'):
+      name, equals, _ = arg[2:].partition('=')
+      current = name if arg.startswith('--') and name in names else None
+      if current is None or equals:
+        out.append(arg)
+    elif current is not None:
+      out.append(f'--{current}={arg}')
+    else:
+      out.append(arg)
+  return out
+
+
 def first_line(error: BaseException) -> str:
   """An exception's message as one line (its type's name when it has none)."""
   lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -147,12 +172,16 @@ def quiet_libraries(record: logging.LogRecord) -> bool:
                                                     else [])
     if any(checkpoints.write_failure(error) for error in logged):
       return False
+  if '/orbax/' in record.pathname and record.getMessage().startswith(ORBAX_NOTES):
+    return False
   quiet = any(part in record.pathname for part in CHATTY_LIBRARIES)
   return record.levelno >= logging.WARNING or not quiet
 
 
 def _log_to_console() -> None:
   """absl's handler at INFO, with `quiet_libraries` on it and on asyncio's logger."""
+  if not flags.FLAGS.is_parsed():  # each program parses its own FlagValues: absl's global
+    flags.FLAGS.mark_as_parsed()   # ones stay at their defaults (no "before flag parsing")
   absl_logging.use_absl_handler()
   absl_logging.set_verbosity(absl_logging.INFO)
   handler = absl_logging.get_absl_handler().python_handler

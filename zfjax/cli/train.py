@@ -24,7 +24,7 @@ from ml_collections import config_flags
 
 from zfjax import cli
 from zfjax import parallel
-from zfjax import training
+from zfjax import train
 
 
 def define(argv: list) -> flags.FlagValues:
@@ -51,8 +51,8 @@ def body(flag_values: flags.FlagValues, args: list) -> int:
   parallel.initialize(flag_values.coordinator_address, flag_values.num_processes,
                       flag_values.process_id, timeout_s=flag_values.coordinator_timeout)
   try:
-    training.train_and_evaluate(flag_values.config, flag_values.workdir)
-  except training.Preempted as preempted:  # a checkpoint of this step is saved
+    train.train_and_evaluate(flag_values.config, flag_values.workdir)
+  except train.Preempted as preempted:  # a checkpoint of this step is saved
     logging.info('%s', preempted)
   return 0
 
@@ -60,6 +60,5 @@ def body(flag_values: flags.FlagValues, args: list) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """zfjax-train: see the module doc."""
   return cli.run('zfjax-train', __doc__, define, body, argv, required=('config', 'workdir'),
-                 user_errors=(parallel.CoordinatorUnreachableError,
-                              training.NonFiniteLossError, training.WorkdirBusyError,
-                              training.WorkdirWriteError))
+                 user_errors=(parallel.CoordinatorUnreachableError, train.NonFiniteLossError,
+                              train.WorkdirBusyError, train.WorkdirWriteError))

@@ -19,13 +19,13 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   del arg
   config = ml_collections.ConfigDict()
 
-  # The trained net (zfjax.transfer.load_source).
+  # The trained net (zfjax.train.transfer.load_source, via zfjax.loading.load).
   config.source = ''                # a workdir or checkpoint directory; '' = train one
   config.source_step = 'latest'     # latest | best | a step number
   # '' = the source dataset's mean image; imagenet_channels; a .npy file
   config.source_mean = ''
 
-  # Target data (zfjax.transfer.load_dataset).
+  # Target data (zfjax.train.transfer_data.load_dataset).
   config.dataset = 'caltech101'     # a TFDS dataset | voc/2012 | folder | digits
   config.data_dir = config_dict.placeholder(str)  # None: TFDS's default
   config.pool_splits = ('train', 'test')  # pooled, then sampled per class; () = all splits

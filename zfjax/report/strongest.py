@@ -1,22 +1,22 @@
-"""Feature evolution during training (Zeiler & Fergus, Sec. 4.1, Fig. 4).
+"""Each feature map's strongest activation over a dataset, projected; over a run's checkpoints.
 
-    steps = evolution.checkpoint_steps('/tmp/zf_digits')          # e.g. (100, 200, 400)
-    result = evolution.evolution(model, evolution.load(workdir, steps), batches,
-                                 {'conv1': [0, 5], 'conv5': [3, 17]})
+    steps = strongest.checkpoint_steps('/tmp/zf_digits')          # e.g. (100, 200, 400)
+    result = strongest.over_checkpoints(model, strongest.restore_steps(workdir, steps),
+                                        batches, {'conv1': [0, 5], 'conv5': [3, 17]})
     result.steps                      # (R,) the checkpoints, one row each
     result.layers['conv5'].projection  # (R, C, S, S, 3) the strongest activation, projected
 
-For each checkpoint of one run, and each chosen feature map, the strongest activation
-across the whole dataset (`topk.search` with k=1: the largest post-ReLU value of the map
-over every image and position; ties go to the earlier example, then the first position in
-row-major order) is projected to pixel space with the deconvnet (`topk.project`, seeded
-with the activation's own value) and cut to the unit's receptive-field window, beside the
-image patch under that window (`topk.crops`).
+The material of Fig. 4 (feature evolution during training, Sec. 4.1) and of Fig. 6's
+layer-2 features. For each chosen map, the strongest activation across the whole dataset
+(`topk.search` with k=1: the largest post-ReLU value of the map over every image and
+position; ties go to the earlier example, then the first position in row-major order) is
+projected to pixel space (`topk.project`, seeded with the activation's own value) and cut
+to the unit's receptive-field window, beside the image patch under it (`topk.crops`).
 
 `batches` is a function returning a fresh iterable of batches (arrays or dicts with
-'image' and optional 'mask', as `topk.search` takes): it is read twice per checkpoint, once
-to search and once to gather the winning images. Checkpoints are read one at a time
-(`load` is a generator), so memory holds one set of parameters.
+'image' and optional 'mask', as `topk.search` takes): it is read twice per checkpoint,
+once to search and once to gather the winning images. `restore_steps` reads checkpoints
+one at a time (a generator), so memory holds one set of parameters.
 """
 
 from __future__ import annotations
@@ -29,9 +29,15 @@ import numpy as np
 from zfjax import checkpoints, models, topk
 
 
+class MissingStepError(ValueError):
+  """A step was asked for that the run has no checkpoint of."""
+
+
 class Strongest(NamedTuple):
-  """Each chosen map's strongest activation over a dataset (leading axis: channels; in
-  an `Evolution`, (checkpoints, channels))."""
+  """Each chosen map's strongest activation over a dataset.
+
+  The leading axis is the channels; in an `Evolution`, (checkpoints, channels).
+  """
   channels: np.ndarray    # (C,) the maps
   value: np.ndarray       # (C,) the activation (-inf if the dataset was empty)
   example: np.ndarray     # (C,) its example number in the batches' order
@@ -45,8 +51,7 @@ class Strongest(NamedTuple):
 
 
 class Evolution(NamedTuple):
-  """One row per checkpoint: steps (R,), and per layer a `Strongest` with (R, C, ...)
-  arrays."""
+  """One row per checkpoint: steps (R,), and per layer a `Strongest` of (R, C, ...) arrays."""
   steps: np.ndarray
   layers: dict
 
@@ -54,8 +59,10 @@ class Evolution(NamedTuple):
 def strongest(model: models.ConvNet, variables, batches: Callable[[], Iterable],
               channels_by_layer: Mapping[str, Sequence[int]], rule: str = 'deconvnet',
               ) -> dict[str, Strongest]:
-  """For each layer and listed channel, its strongest activation over the batches,
-  projected (one search pass and one gathering pass over the data for all layers)."""
+  """For each layer and listed channel, its strongest activation over the batches, projected.
+
+  One search pass and one gathering pass over the data serve all layers.
+  """
   layers = tuple(channels_by_layer)
   results = topk.search(model, variables, batches(), layers=layers, k=1)
   images = topk.gather_images(batches(), [results[layer] for layer in layers])
@@ -76,12 +83,14 @@ def strongest(model: models.ConvNet, variables, batches: Callable[[], Iterable],
   return out
 
 
-def evolution(model: models.ConvNet, checkpoints_: Iterable[tuple[int, dict]],
-              batches: Callable[[], Iterable], channels_by_layer: Mapping[str, Sequence[int]],
-              rule: str = 'deconvnet',
-              on_checkpoint: Optional[Callable[[int], None]] = None) -> Evolution:
+def over_checkpoints(model: models.ConvNet, checkpoints_: Iterable[tuple[int, dict]],
+                     batches: Callable[[], Iterable],
+                     channels_by_layer: Mapping[str, Sequence[int]], rule: str = 'deconvnet',
+                     on_checkpoint: Optional[Callable[[int], None]] = None) -> Evolution:
   """`strongest` at every checkpoint of (step, variables) pairs, stacked in that order.
-  `on_checkpoint(step)` is called before each (e.g. to report progress)."""
+
+  `on_checkpoint(step)` is called before each (e.g. to report progress).
+  """
   steps, rows = [], []
   for step, variables in checkpoints_:
     if on_checkpoint is not None:
@@ -89,7 +98,7 @@ def evolution(model: models.ConvNet, checkpoints_: Iterable[tuple[int, dict]],
     steps.append(int(step))
     rows.append(strongest(model, variables, batches, channels_by_layer, rule))
   if not rows:
-    raise ValueError('evolution needs at least one checkpoint')
+    raise ValueError('over_checkpoints needs at least one checkpoint')
   layers = {layer: Strongest(*(np.stack([row[layer][i] for row in rows])
                                for i in range(len(Strongest._fields))))
             for layer in channels_by_layer}
@@ -118,16 +127,17 @@ def checkpoint_steps(path) -> tuple[int, ...]:
 
 def select_steps(available: Sequence[int], wanted: Optional[Sequence[int]] = None,
                  ) -> tuple[int, ...]:
-  """`wanted` (all of `available` if None); ValueError naming the missing ones."""
+  """`wanted` (all of `available` if None); MissingStepError naming the missing ones."""
   if wanted is None:
     return tuple(available)
   missing = sorted(set(wanted) - set(available))
   if missing:
-    raise ValueError(f'no checkpoint of step(s) {missing}; available: {list(available)}')
+    raise MissingStepError(f'no checkpoint of step(s) {missing}; available: '
+                           f'{list(available)}')
   return tuple(sorted(set(wanted)))
 
 
-def load(path, steps: Sequence[int]) -> Iterable[tuple[int, dict]]:
+def restore_steps(path, steps: Sequence[int]) -> Iterable[tuple[int, dict]]:
   """(step, {'params': params}) for each step, read lazily one at a time."""
   for step in steps:
     _, params = checkpoints.restore_params(path, step)

@@ -1,9 +1,9 @@
-"""Layer-1 filters and layer-2 features of two nets side by side (Zeiler & Fergus, Fig. 6).
+"""Statistics of a net's layer-1 filters, and its layer-2 features (Zeiler & Fergus, Fig. 6).
 
-    summary = filters.summarize(model, variables, batches, feature_channels=range(16))
+    summary = filter_stats.summarize(model, variables, batches, feature_channels=range(16))
     summary.filters        # (K, h, w, 3) conv1's filters, one per output map
     summary.rms            # (K,) each filter's RMS (what feature scale clipping bounds)
-    summary.features       # evolution.Strongest for conv2: each map's strongest activation
+    summary.features       # strongest.Strongest for conv2: each map's strongest activation
                            # over the dataset, projected with the deconvnet
 
 The paper's Fig. 6 compares AlexNet's layer-1 filters (large stride 4: aliasing, many
@@ -26,7 +26,8 @@ from typing import Callable, Iterable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from zfjax import architecture, evolution, models, topk
+from zfjax import architecture, models, topk
+from zfjax.report import strongest
 
 
 class Summary(NamedTuple):
@@ -39,7 +40,7 @@ class Summary(NamedTuple):
   never_active: Optional[np.ndarray]  # (K,) bool, None without a dataset
   max_activation: Optional[np.ndarray]  # (K,) largest activation over the dataset
   features_layer: str
-  features: Optional[evolution.Strongest]
+  features: Optional[strongest.Strongest]
 
 
 def filter_bank(params, layer: str = 'conv1') -> np.ndarray:
@@ -50,14 +51,17 @@ def filter_bank(params, layer: str = 'conv1') -> np.ndarray:
   return np.moveaxis(np.asarray(params[layer]['kernel'], np.float32), -1, 0)
 
 
-def filter_rms(filters: np.ndarray) -> np.ndarray:
-  """(K,) RMS of each (h, w, c) filter."""
+def rms_per_filter(filters: np.ndarray) -> np.ndarray:
+  """(K,) RMS of each (h, w, c) filter of a `filter_bank`."""
   return np.sqrt(np.mean(np.square(filters), axis=(1, 2, 3)))
 
 
 def high_frequency_fraction(filters: np.ndarray, cutoff: float = 0.25) -> np.ndarray:
-  """(K,) fraction of each filter's energy (mean removed per input channel) at spatial
-  frequencies with max(|f_y|, |f_x|) > cutoff cycles per pixel; 0 for a constant filter."""
+  """(K,) fraction of each filter's energy at high spatial frequencies.
+
+  The energy (mean removed per input channel) at frequencies with max(|f_y|, |f_x|) >
+  cutoff cycles per pixel; 0 for a constant filter.
+  """
   centred = filters - filters.mean(axis=(1, 2), keepdims=True)
   power = np.sum(np.abs(np.fft.fft2(centred, axes=(1, 2))) ** 2, axis=-1)  # (K, h, w)
   fy = np.abs(np.fft.fftfreq(filters.shape[1]))[:, None]
@@ -72,15 +76,18 @@ def summarize(model: models.ConvNet, variables, batches: Optional[Callable[[], I
               layer: str = 'conv1', features_layer: str = 'conv2',
               feature_channels: Optional[Sequence[int]] = None,
               low_rms_fraction: float = 0.1, rule: str = 'deconvnet') -> Summary:
-  """Filters and statistics of `layer`, and (with `batches`, a function returning a fresh
-  iterable of batches) each listed map of `features_layer` at its strongest activation
-  over the dataset, projected. feature_channels None: every map of features_layer."""
+  """Filters and statistics of `layer`, and the strongest activations of `features_layer`.
+
+  With `batches` (a function returning a fresh iterable of batches), each listed map of
+  `features_layer` at its strongest activation over the dataset, projected.
+  feature_channels None: every map of features_layer.
+  """
   convs = architecture.conv_names(model.spec)
   for name in (layer, features_layer):
     if name not in convs:
       raise ValueError(f'unknown conv layer {name!r}; this model has {convs}')
   bank = filter_bank(variables['params'], layer)
-  rms = filter_rms(bank)
+  rms = rms_per_filter(bank)
   low = rms < low_rms_fraction * np.median(rms)
   never_active = max_activation = features = None
   if batches is not None:
@@ -93,7 +100,7 @@ def summarize(model: models.ConvNet, variables, batches: Optional[Callable[[], I
     results = topk.search(model, variables, batches(), layers=(layer,), k=1)
     max_activation = np.asarray(results[layer].values)[:, 0]
     never_active = ~(max_activation > 0)
-    features = evolution.strongest(model, variables, batches, {features_layer: channels},
+    features = strongest.strongest(model, variables, batches, {features_layer: channels},
                                    rule)[features_layer]
   return Summary(layer, bank, rms, high_frequency_fraction(bank), low, never_active,
                  max_activation, features_layer, features)

@@ -7,9 +7,9 @@ Nothing here computes an analysis; the functions only arrange arrays and normali
 for display. They build `matplotlib.figure.Figure` objects directly (no pyplot, no global
 state), which render with the Agg canvas, so they work on a machine without a display.
 
-Display conventions (used by every figure and named in visualize.py's captions):
-- Images are in the model's input space (mean-subtracted, 0-255 scale): `image_to_display`
-  adds back the mean image the input pipeline subtracted and divides by 255.
+Display conventions (used by every figure of zfjax.report and named in its captions):
+- Images are in the model's input space: `zfjax.loading.Loaded.to_display` undoes the
+  input's normalization (0-255 RGB), and `image_to_display` (mean 0) scales that to [0, 1].
 - Projections and filters: `signed_to_display` scales each one by 1 / (2 max |p|) and adds
   0.5, so zero is mid-gray, the sign is kept, and the largest magnitude reaches 0 or 1.
   (The paper says only that its projections are "contrast normalized".)
@@ -37,10 +37,13 @@ OUTSIDE = (0.78, 0.84, 0.92)  # light blue-gray: cells outside a unit's receptiv
 
 def signed_to_display(x: np.ndarray, axes: Sequence[int] = (-3, -2, -1),
                       gray: bool = False) -> np.ndarray:
-  """Each item scaled to [0, 1] around 0.5: x / (2 max |x|) + 0.5 over `axes` (default: one
-  (H, W, C) image per item). An all-zero item is uniformly 0.5. gray=True first replaces
-  the color channels by their sum: for a model fed gray images tiled to RGB (digits), the
-  network only sees that sum, and the split between channels means nothing."""
+  """Each item scaled to [0, 1] around 0.5: x / (2 max |x|) + 0.5 over `axes`.
+
+  `axes` default: one (H, W, C) image per item. An all-zero item is uniformly 0.5.
+  gray=True first replaces the color channels by their sum: for a model fed gray images
+  tiled to RGB (digits), the network only sees that sum, and the split between channels
+  means nothing.
+  """
   x = np.asarray(x, np.float32)
   if gray:
     x = np.repeat(x.sum(-1, keepdims=True), x.shape[-1], axis=-1)
@@ -49,13 +52,12 @@ def signed_to_display(x: np.ndarray, axes: Sequence[int] = (-3, -2, -1),
 
 
 def image_to_display(image: np.ndarray, mean: np.ndarray | float = 0.0) -> np.ndarray:
-  """A model-input-space image (mean-subtracted, 0-255) as [0, 1] RGB."""
+  """A 0-255 image minus `mean` (a paper-space input and its mean) as [0, 1] RGB."""
   return np.clip((np.asarray(image, np.float32) + mean) / 255.0, 0.0, 1.0)
 
 
 def blank_outside(pixels: np.ndarray, valid: Optional[np.ndarray]) -> np.ndarray:
-  """[0, 1] pixels (..., S, S, 3) with the cells where `valid` (..., S, S) is False drawn
-  in the `OUTSIDE` colour."""
+  """[0, 1] pixels (..., S, S, 3), the cells where `valid` (..., S, S) is False in `OUTSIDE`."""
   if valid is None:
     return pixels
   return np.where(np.asarray(valid)[..., None], pixels, np.asarray(OUTSIDE, np.float32))
@@ -66,8 +68,10 @@ def blank_outside(pixels: np.ndarray, valid: Optional[np.ndarray]) -> np.ndarray
 
 def mosaic(tiles: np.ndarray, columns: Optional[int] = None, pad: int = 1,
            pad_value: float = BACKGROUND) -> np.ndarray:
-  """(N, h, w, 3) tiles as one image, `columns` per row (default: a near-square grid),
-  `pad` pixels of `pad_value` between them."""
+  """(N, h, w, 3) tiles as one image, `columns` per row, `pad` pixels of `pad_value` between.
+
+  `columns` default: a near-square grid.
+  """
   tiles = np.asarray(tiles, np.float32)
   n, h, w, c = tiles.shape
   columns = columns or max(1, math.ceil(math.sqrt(n)))
@@ -81,8 +85,11 @@ def mosaic(tiles: np.ndarray, columns: Optional[int] = None, pad: int = 1,
 
 def block_mosaic(tiles: np.ndarray, block_columns: Optional[int] = None,
                  inner_pad: Optional[int] = None, outer_pad: Optional[int] = None) -> np.ndarray:
-  """(C, k, h, w, 3): each of the C items a near-square mosaic of its k tiles, and those
-  blocks a near-square mosaic with wider gaps (the layout of the paper's Fig. 2)."""
+  """(C, k, h, w, 3) tiles as a mosaic of mosaics (the layout of the paper's Fig. 2).
+
+  Each of the C items is a near-square mosaic of its k tiles, and those blocks a
+  near-square mosaic with wider gaps.
+  """
   tiles = np.asarray(tiles, np.float32)
   size = tiles.shape[2]
   inner = max(1, size // 16) if inner_pad is None else inner_pad
@@ -110,8 +117,11 @@ def save(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> str:
 
 @dataclasses.dataclass
 class TopKPanel:
-  """One layer of Fig. 2: for channel channels[c], its k strongest activations' projections
-  and image patches, both (C, k, S, S, 3) in [0, 1]."""
+  """One layer of Fig. 2: each channel's k strongest activations, projected, and patches.
+
+  For channel channels[c], its projections and image patches, both (C, k, S, S, 3) in
+  [0, 1].
+  """
   layer: str
   channels: Sequence[int]
   projections: np.ndarray
@@ -119,8 +129,10 @@ class TopKPanel:
 
 
 def top_k_figure(panels: Sequence[TopKPanel], title: str = '') -> Figure:
-  """Fig. 2: one row per layer: the projections' block mosaic beside the patches' block
-  mosaic (each block: one feature map's top-k, strongest first, row by row)."""
+  """Fig. 2: one row per layer, the projections' block mosaic beside the patches'.
+
+  Each block: one feature map's top-k, strongest first, row by row.
+  """
   fig = Figure(figsize=(10, 3.4 * len(panels) + 0.6), layout='constrained')
   axes = fig.subplots(len(panels), 2, squeeze=False)
   for row, panel in zip(axes, panels):
@@ -139,8 +151,11 @@ def top_k_figure(panels: Sequence[TopKPanel], title: str = '') -> Figure:
 
 def evolution_figure(row_labels: Sequence[str], columns: Sequence[tuple[str, np.ndarray]],
                      title: str = '') -> Figure:
-  """Fig. 4: rows = checkpoints, columns = feature maps. `columns` holds (label, tiles) with
-  tiles (R, S, S, 3) in [0, 1], one per row; sizes may differ between columns."""
+  """Fig. 4: rows = checkpoints, columns = feature maps.
+
+  `columns` holds (label, tiles) with tiles (R, S, S, 3) in [0, 1], one per row; sizes may
+  differ between columns.
+  """
   num_rows, num_cols = len(row_labels), len(columns)
   fig = Figure(figsize=(max(4.0, 1.05 * num_cols + 1.2), 1.1 * num_rows + 1.0),
                layout='constrained')
@@ -160,8 +175,11 @@ def evolution_figure(row_labels: Sequence[str], columns: Sequence[tuple[str, np.
 
 @dataclasses.dataclass
 class SweepPanel:
-  """One transform of Fig. 5: amounts (A,), distance {layer: (N, A)}, probability (N, A),
-  and optionally example images (M, H, W, 3) in [0, 1] at `example_amounts`."""
+  """One transform of Fig. 5: distances and probabilities over its amounts.
+
+  amounts (A,), distance {layer: (N, A)}, probability (N, A), and optionally example
+  images (M, H, W, 3) in [0, 1] at `example_amounts`.
+  """
   name: str
   unit: str
   amounts: np.ndarray
@@ -173,9 +191,11 @@ class SweepPanel:
 
 def invariance_figure(panels: Sequence[SweepPanel], image_names: Sequence[str],
                       layers: Sequence[str], title: str = '') -> Figure:
-  """Fig. 5: one row per transform; columns: example transformed images (if given), the
-  Euclidean distance at each layer, the probability of the true label; one curve per
-  image."""
+  """Fig. 5: one row per transform, one curve per image.
+
+  Columns: example transformed images (if given), the Euclidean distance at each layer,
+  the probability of the true label.
+  """
   with_examples = any(p.examples is not None for p in panels)
   num_cols = len(layers) + 1 + int(with_examples)
   fig = Figure(figsize=(3.3 * num_cols, 2.8 * len(panels) + 0.8), layout='constrained')
@@ -211,8 +231,11 @@ def invariance_figure(panels: Sequence[SweepPanel], image_names: Sequence[str],
 
 @dataclasses.dataclass
 class FilterPanel:
-  """One checkpoint of Fig. 6: layer-1 filters (K, h, w, 3) in [0, 1], their RMS (K,), the
-  renormalization radius (None: not used), and layer-2 features (C, S, S, 3) in [0, 1]."""
+  """One checkpoint of Fig. 6: layer-1 filters, their RMS, and layer-2 features.
+
+  filters (K, h, w, 3) in [0, 1], rms (K,), the renormalization radius (None: not used),
+  and features (C, S, S, 3) in [0, 1].
+  """
   title: str
   filters: np.ndarray
   rms: np.ndarray
@@ -222,8 +245,11 @@ class FilterPanel:
 
 
 def filters_figure(panels: Sequence[FilterPanel], title: str = '') -> Figure:
-  """Fig. 6: one column per checkpoint: the layer-1 filter grid, each filter's RMS (bars,
-  with the renormalization radius as a dashed line), and the layer-2 feature grid."""
+  """Fig. 6: one column per checkpoint.
+
+  Each column: the layer-1 filter grid, each filter's RMS (bars, with the renormalization
+  radius as a dashed line), and the layer-2 feature grid.
+  """
   with_features = any(p.features is not None for p in panels)
   ratios = [3, 1.2] + ([3] if with_features else [])
   fig = Figure(figsize=(4.6 * len(panels), 2.4 * sum(ratios) / 2 + 0.8), layout='constrained')
@@ -256,8 +282,11 @@ def filters_figure(panels: Sequence[FilterPanel], title: str = '') -> Figure:
 
 @dataclasses.dataclass
 class OcclusionRow:
-  """One image of Fig. 7. image, projection: (H, W, 3) in [0, 1]; feature, prob,
-  top_class: (I, J) over occluder positions (top-left pixel (i*stride, j*stride))."""
+  """One image of Fig. 7: the image, its occlusion maps and the projection.
+
+  image, projection: (H, W, 3) in [0, 1]; feature, prob, top_class: (I, J) over occluder
+  positions (top-left pixel (i*stride, j*stride)).
+  """
   name: str
   image: np.ndarray
   feature: np.ndarray
@@ -282,10 +311,13 @@ def _position_extent(shape, patch, stride):
 
 
 def occlusion_figure(rows: Sequence[OcclusionRow], title: str = '') -> Figure:
-  """Fig. 7: per image (a) the image, (b) the summed activity of the strongest feature map
-  under each occluder position, (c) that map's strongest activation projected, (d) the
-  probability of the correct class, (e) the most probable class. Maps (b), (d), (e) put
-  each value at the centre of its occluder."""
+  """Fig. 7: one row of five panels per image.
+
+  (a) the image, (b) the summed activity of the strongest feature map under each occluder
+  position, (c) that map's strongest activation projected, (d) the probability of the
+  correct class, (e) the most probable class. Maps (b), (d), (e) put each value at the
+  centre of its occluder.
+  """
   fig = Figure(figsize=(16, 3.1 * len(rows) + 0.6), layout='constrained')
   axes = fig.subplots(len(rows), 5, squeeze=False)
   for row, item in zip(axes, rows):
@@ -354,9 +386,11 @@ def _class_colors(num_classes: int) -> np.ndarray:
 def table_figure(row_labels: Sequence[str], column_labels: Sequence[str], mean: np.ndarray,
                  std: np.ndarray, title: str = '', images: Optional[np.ndarray] = None,
                  boxes: Optional[dict] = None) -> Figure:
-  """A small table of 'mean +- std' cells (Table 1: rows = parts, columns = layers); with
-  `images` (N, H, W, 3) in [0, 1] and `boxes` {part: (N, 4) (row, col, height, width)}, a
-  row of the images below with each part's box outlined."""
+  """A small table of 'mean +- std' cells (Table 1: rows = parts, columns = layers).
+
+  With `images` (N, H, W, 3) in [0, 1] and `boxes` {part: (N, 4) (row, col, height,
+  width)}, a row of the images below with each part's box outlined.
+  """
   mean, std = np.asarray(mean), np.asarray(std)
   cells = [[f'{m:.3f} \u00b1 {s:.3f}' for m, s in zip(mrow, srow)]
            for mrow, srow in zip(mean, std)]

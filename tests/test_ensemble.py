@@ -110,6 +110,7 @@ def test_cli_errors_are_one_line(argv, message, digits_smoke_run, tmp_path, caps
   assert not (tmp_path / 'e.json').exists()
 
 
+@pytest.mark.slow  # a subprocess through the shim; the CLI itself runs in-process above
 def test_python_m_zfjax_ensemble_runs_the_program(tmp_path):
   """The shim zfjax/ensemble.py keeps the README's `python -m zfjax.ensemble` working."""
   proc = subprocess.run([sys.executable, '-m', 'zfjax.ensemble', '--workdirs',

@@ -9,9 +9,12 @@
   extra: `pip install "zfjax[train]"` or `"zfjax[interop]"`.
 - pyproject.toml: the requirements split as the README says, and every console script
   names a module and function that exist.
-- Full tier: a wheel built from the source holds every subpackage, module and config.
+- Full tier: a wheel built from the source holds every subpackage, module and config;
+  installed from it (not editable), `python -m zfjax.train` runs from another directory.
 """
 
+import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -235,3 +238,19 @@ def test_a_wheel_holds_every_subpackage_and_config(tmp_path):
                               for name in ('tensorflow', 'torch', 'scikit', 'tensorboard'))
   for script in PYPROJECT['project']['scripts']:
     assert f'{script} = ' in entry_points.decode()
+  installed = tmp_path / 'installed'  # a non-editable install of the wheel
+  subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-deps', '--no-index', '-q',
+                  '--target', str(installed), str(wheel)],
+                 check=True, capture_output=True, text=True, timeout=600)
+  elsewhere = tmp_path / 'elsewhere'
+  elsewhere.mkdir()
+  env = {**os.environ, 'PYTHONPATH': str(installed)}
+  where = subprocess.run([sys.executable, '-c', 'import zfjax.cli; print(zfjax.cli.__file__)'],
+                         cwd=elsewhere, env=env, capture_output=True, text=True, check=True)
+  assert where.stdout.startswith(str(installed)), where.stdout  # not the source tree
+  run = subprocess.run([sys.executable, '-m', 'zfjax.train', '--config',
+                        'configs/digits.py:smoke', '--workdir', str(tmp_path / 'w')],
+                       cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600,
+                       check=False)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert json.loads((tmp_path / 'w' / 'results.json').read_text())['step'] == 4

@@ -283,6 +283,7 @@ def round_trip(arch, workdir, expected, tmp_path, suffix='.pth'):
   return exported, state_dict
 
 
+@pytest.mark.slow  # to_torch and the zfjax-layout export are in the default tier
 def test_cli_exports_pytorchcv_layout(zfnet, imported, tmp_path):
   """export --arch zfnet gives pytorchcv's own state dict back; its module loads it."""
   _, out = imported
@@ -496,15 +497,10 @@ def test_import_refused_by_the_file_system_is_one_line_and_leaves_no_checkpoint(
       sys.executable, '-m', 'zfjax.interop', 'import', str(exported), '--arch', 'zfjax',
       '--out', str(out)]), cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2, proc.stderr[-3000:]
-  # The last line says where and why. Known defect, left open: under load, Orbax's writer
-  # threads can still print 'RuntimeError: Event loop is closed' tracebacks before it
-  # (seen once in CI's full tier); only those may stand beside Orbax's warnings.
-  lines = proc.stderr.strip().splitlines()
-  assert lines[-1] == (f'error: cannot write a checkpoint in {out / "checkpoints"}: File too '
-                       'large'), proc.stderr[-3000:]
-  others = [line for line in lines[:-1] if not line.startswith('WARNING:')]
-  assert all('Event loop is closed' in line or line.startswith(('Traceback', '  '))
-             for line in others), proc.stderr[-3000:]
+  # One line, nothing else: TensorStore's callbacks into Orbax's closed event loop
+  # ('Event loop is closed') are kept off stderr by zfjax.cli's error hooks.
+  assert proc.stderr == (f'error: cannot write a checkpoint in {out / "checkpoints"}: File '
+                         'too large\n'), proc.stderr[-3000:]
   assert not (out / 'checkpoints' / '0').exists()
   with pytest.raises(FileNotFoundError):
     checkpoints.find_checkpoint(out)

@@ -206,6 +206,7 @@ def test_a_refused_write_stops_in_one_line_and_the_last_checkpoint_resumes(refer
   proc = subprocess.run(with_file_size_limit(12_000, command(workdir, *RUN)), cwd=REPO,
                         text=True, capture_output=True, env=environment(), timeout=300)
   assert proc.returncode == 2, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]  # the logs, then one line
   last_line = proc.stderr.strip().splitlines()[-1]
   assert last_line == (f'error: cannot write to the workdir {workdir} (File too large): '
                        f'training stopped; the last complete checkpoint, '

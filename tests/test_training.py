@@ -243,6 +243,7 @@ def test_total_and_epoch_steps():
 # ----------------------------------------------------------------------------- extras
 
 
+@pytest.mark.slow  # test_install checks the core without the extras in the default tier
 def test_the_training_layer_imports_without_its_extras():
   """`import zfjax.train` loads no TensorFlow, TensorBoard or scikit-learn.
 

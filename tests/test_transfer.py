@@ -231,6 +231,7 @@ def test_cli_reports_a_bad_source_in_one_line(tmp_path, capsys):
       '"num_splitz"?); --config.NAME=VALUE sets existing fields only')
 
 
+@pytest.mark.slow  # a subprocess through the shim; the CLI itself runs in-process above
 def test_python_m_zfjax_transfer_runs_the_program(tmp_path):
   """The shim zfjax/transfer.py keeps the README's `python -m zfjax.transfer` working."""
   proc = subprocess.run([sys.executable, '-m', 'zfjax.transfer', '--config',

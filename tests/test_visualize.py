@@ -217,6 +217,7 @@ def test_evolution_of_chosen_steps_and_channels(workdir, tmp_path):
   assert np.shape(record['layers']['conv2']['value']) == (2, 2)
 
 
+@pytest.mark.slow  # report.top9 from Python is in the default tier
 def test_top9_options_and_index_accumulates(workdir, tmp_path):
   out = tmp_path / 'figures'
   common = ['--workdir', str(workdir), '--out', str(out), '--max-examples', '50']
@@ -300,6 +301,7 @@ def test_bad_image_files(workdir, tmp_path, capsys):
         'does not exist')
 
 
+@pytest.mark.slow  # subprocesses; the same mistakes run in-process in the default tier
 def test_cli_exit_codes_without_traceback(tmp_path):
   for program, argv, expected in (
       (['visualize.py'], ['frobnicate'], 'unknown command'),

@@ -30,6 +30,7 @@ import os
 import pathlib
 import re
 import sys
+import threading
 from typing import Callable, Iterable, Mapping, NamedTuple, Optional, Sequence, Union
 
 from absl import flags
@@ -174,8 +175,41 @@ def quiet_libraries(record: logging.LogRecord) -> bool:
       return False
   if '/orbax/' in record.pathname and record.getMessage().startswith(ORBAX_NOTES):
     return False
+  if record.exc_info and _is_shutdown_noise(record.exc_info[1]):
+    return False
   quiet = any(part in record.pathname for part in CHATTY_LIBRARIES)
   return record.levelno >= logging.WARNING or not quiet
+
+
+def _is_shutdown_noise(error: Optional[BaseException]) -> bool:
+  """A refused write, or asyncio's 'Event loop is closed' from Orbax's writer threads.
+
+  Both follow a write the file system refused; the program reports that in one line.
+  """
+  return error is not None and (_is_refused_write(error) or (
+      isinstance(error, RuntimeError) and 'Event loop is closed' in str(error)))
+
+
+def _quiet_thread_errors(args: threading.ExceptHookArgs) -> None:
+  """threading.excepthook that drops `_is_shutdown_noise`; other errors print as usual."""
+  if not _is_shutdown_noise(args.exc_value):
+    threading.__excepthook__(args)
+
+
+def _quiet_errors(kind, value, traceback) -> None:
+  """sys.excepthook that drops `_is_shutdown_noise`; other errors print as usual.
+
+  TensorStore's callbacks into asyncio after Orbax closed its loop reach Python's error
+  printing (PyErr_Print) through this hook, not through a thread's.
+  """
+  if not _is_shutdown_noise(value):
+    sys.__excepthook__(kind, value, traceback)
+
+
+def _quiet_unraisable(unraisable) -> None:
+  """sys.unraisablehook that drops `_is_shutdown_noise`; others print as usual."""
+  if not _is_shutdown_noise(unraisable.exc_value):
+    sys.__unraisablehook__(unraisable)
 
 
 def _log_to_console() -> None:
@@ -190,6 +224,9 @@ def _log_to_console() -> None:
   asyncio_logger = logging.getLogger('asyncio')
   if quiet_libraries not in asyncio_logger.filters:
     asyncio_logger.addFilter(quiet_libraries)
+  threading.excepthook = _quiet_thread_errors
+  sys.excepthook = _quiet_errors
+  sys.unraisablehook = _quiet_unraisable
 
 
 # -------------------------------------------------------------------------------- run
@@ -201,11 +238,14 @@ def _mistake(message: str, *, now: bool = False) -> int:
   `now` (after a refused write): leave without the interpreter's shutdown, where Orbax's
   failed background writes would print their tracebacks under the one line.
   """
-  print(f'error: {message}', file=sys.stderr, flush=True)
-  if now:
-    sys.stdout.flush()
-    os._exit(USAGE_ERROR)  # pylint: disable=protected-access
-  return USAGE_ERROR
+  if not now:
+    print(f'error: {message}', file=sys.stderr, flush=True)
+    return USAGE_ERROR
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.write(2, f'error: {message}\n'.encode())  # one write: no thread's output cuts into it
+  os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # and none follows it
+  os._exit(USAGE_ERROR)  # pylint: disable=protected-access
 
 
 def _is_refused_write(error: BaseException) -> bool:

@@ -477,6 +477,7 @@ def photo_workdir(tmp_path_factory):
   return path
 
 
+@pytest.mark.slow  # a 224x224 net; photos into a net's input are in the default tier
 def test_photo_model_uses_sample_photos(photo_workdir, tmp_path, capsys):
   out = tmp_path / 'figures'
   common = ['--workdir', str(photo_workdir), '--out', str(out)]

@@ -46,7 +46,8 @@ def is_module(name: str) -> bool:
 def imported(node: ast.AST, package: str) -> list:
   """The zfjax modules an import statement loads.
 
-  A name imported from a package that is one of its submodules counts as that submodule.
+  `from package import name` loads the package (its __init__) and, when `name` is one of
+  its submodules, that submodule too.
   """
   if isinstance(node, ast.Import):
     return [alias.name for alias in node.names if alias.name.split('.')[0] == 'zfjax']
@@ -58,10 +59,11 @@ def imported(node: ast.AST, package: str) -> list:
     base = '.'.join(anchor + ([base] if base else []))
   if base.split('.')[0] != 'zfjax':
     return []
-  names = []
+  names = [base]  # importing from a package runs its __init__ first
   for alias in node.names:
     candidate = f'{base}.{alias.name}'
-    names.append(candidate if is_module(candidate) else base)
+    if is_module(candidate):
+      names.append(candidate)
   return names
 
 
@@ -156,6 +158,9 @@ def test_the_checks_fire():
   assert back_imports('zfjax.cli.train', {'zfjax.report', 'zfjax.models'}) == []
   assert cycles({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == [['a', 'b', 'c', 'a']]
   assert cycles({'a': {'b'}, 'b': set()}) == []
+  package_init = 'from zfjax.train import faults\n'
+  targets = {t for node in ast.walk(ast.parse(package_init)) for t in imported(node, 'zfjax')}
+  assert targets == {'zfjax.train', 'zfjax.train.faults'}  # a package __init__ counts
 
 
 @pytest.mark.parametrize('path', sorted(PACKAGE.rglob('*.py')), ids=lambda p: str(

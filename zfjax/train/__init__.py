@@ -8,26 +8,30 @@ Modules: `loop` (train_and_evaluate), `train_state` (TrainState, optimizer, plat
 filter clipping), `steps` (train and eval steps), `fields` (config checks), `logs`
 (metrics.jsonl, TensorBoard, progress), `faults` (workdir lock, SIGTERM, errors),
 `ensemble`, and transfer's `transfer`, `transfer_data`, `probes`, `finetune`.
-The command lines are zfjax-train, zfjax-ensemble and zfjax-transfer (`zfjax.cli`).
+The command lines are zfjax-train, zfjax-ensemble and zfjax-transfer (`zfjax.cli`). The
+names here load their module on first use, so the package imports none of its modules
+(they import each other without a circle through it).
 """
 
-from zfjax.train.faults import NonFiniteLossError
-from zfjax.train.faults import Preempted
-from zfjax.train.faults import WorkdirBusyError
-from zfjax.train.faults import WorkdirWriteError
-from zfjax.train.fields import check_config
-from zfjax.train.loop import train_and_evaluate
-from zfjax.train.steps import evaluate
-from zfjax.train.steps import evaluate_ensemble
-from zfjax.train.steps import make_eval_step
-from zfjax.train.steps import make_train_step
-from zfjax.train.train_state import TrainState
-from zfjax.train.train_state import create_optimizer
-from zfjax.train.train_state import create_train_state
-from zfjax.train.train_state import renormalize_filters
+import importlib
 
-__all__ = [
-    'NonFiniteLossError', 'Preempted', 'TrainState', 'WorkdirBusyError', 'WorkdirWriteError',
-    'check_config', 'create_optimizer', 'create_train_state', 'evaluate', 'evaluate_ensemble',
-    'make_eval_step', 'make_train_step', 'renormalize_filters', 'train_and_evaluate',
-]
+_HOMES = {'NonFiniteLossError': 'faults', 'Preempted': 'faults', 'WorkdirBusyError': 'faults',
+          'WorkdirWriteError': 'faults', 'check_config': 'fields',
+          'train_and_evaluate': 'loop', 'evaluate': 'steps', 'evaluate_ensemble': 'steps',
+          'make_eval_step': 'steps', 'make_train_step': 'steps', 'TrainState': 'train_state',
+          'create_optimizer': 'train_state', 'create_train_state': 'train_state',
+          'renormalize_filters': 'train_state'}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+  """`train.NAME` for the names above, imported from their module on first use."""
+  if name not in _HOMES:
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+  value = getattr(importlib.import_module(f'{__name__}.{_HOMES[name]}'), name)
+  globals()[name] = value
+  return value
+
+
+def __dir__() -> list:
+  return sorted(set(globals()) | set(__all__))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -302,7 +301,3 @@ def load(path) -> tuple[dict[str, np.ndarray], dict]:
     arrays = {name: data[name] for name in data.files}
   return arrays, json.loads(str(arrays.pop('metadata')))
 
-
-if __name__ == '__main__':  # python -m zfjax.reference: the command line zfjax-reference
-  from zfjax.cli import reference as cli_reference  # pylint: disable=g-import-not-at-top
-  sys.exit(cli_reference.main())

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import sys
 from typing import Mapping, Optional, Sequence, Union
 
 import jax
@@ -463,7 +462,3 @@ def export_checkpoint(checkpoint: PathLike, out: PathLike, step: Union[int, str]
   out.with_suffix('.json').write_text(net.config.to_json(indent=2) + '\n')
   return out
 
-
-if __name__ == '__main__':  # python -m zfjax.interop: the command line zfjax-interop
-  from zfjax.cli import interop as cli_interop  # pylint: disable=g-import-not-at-top
-  sys.exit(cli_interop.main())

@@ -210,6 +210,7 @@ def test_distance_grows_with_translation_on_a_photo():
   assert np.all(np.asarray(fc7[1:]) > 100 * float(fc7[0])), fc7
 
 
+@pytest.mark.slow  # the sweeps themselves run in the default tier
 def test_paper_sweeps_use_the_default_grids(small):
   model, variables, images = small
   sweeps = invariance.paper_sweeps(model, variables, images[:1], jnp.array([2]),

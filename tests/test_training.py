@@ -74,6 +74,7 @@ def test_renormalize_filters_caps_rms_and_keeps_small_filters_exactly():
   assert train_state.renormalize_filters(params, 0.0) is params
 
 
+@pytest.mark.slow  # float32 steps and filter clipping run in the default tier
 def test_a_bfloat16_step_keeps_float32_params_and_caps_every_filter_rms():
   """One bfloat16 step keeps float32 params and caps every filter's RMS at the radius.
 

@@ -193,6 +193,7 @@ def test_filters_numbers(figures):
 # --------------------------------------------------------------------- subcommands
 
 
+@pytest.mark.slow  # report.filters runs from Python in the default tier
 def test_filters_compares_two_checkpoints(workdir, tmp_path):
   out = tmp_path / 'figures'
   assert visualize.main(['filters', '--checkpoint', str(workdir / 'checkpoints' / '2'),

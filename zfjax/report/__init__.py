@@ -13,22 +13,11 @@ material), results, tables and paper_numbers (Tables 2-7). The names here load t
 module on first use, so `zfjax.report.tables` imports no JAX.
 """
 
-import importlib
+from zfjax import lazy_names
 
 _HOMES = {'top9': 'figures', 'evolution': 'figures', 'invariance': 'figures',
           'filters': 'figures', 'occlusion': 'figures', 'correspondence': 'figures',
           'gallery': 'folder', 'FigureFolder': 'folder', 'FigureError': 'options'}
 __all__ = list(_HOMES)
 
-
-def __getattr__(name: str):
-  """`report.NAME` for the names above, imported from their module on first use."""
-  if name not in _HOMES:
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-  value = getattr(importlib.import_module(f'{__name__}.{_HOMES[name]}'), name)
-  globals()[name] = value
-  return value
-
-
-def __dir__() -> list:
-  return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names.exports(__name__, _HOMES)

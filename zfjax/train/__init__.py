@@ -13,7 +13,7 @@ names here load their module on first use, so the package imports none of its mo
 (they import each other without a circle through it).
 """
 
-import importlib
+from zfjax import lazy_names
 
 _HOMES = {'NonFiniteLossError': 'faults', 'Preempted': 'faults', 'WorkdirBusyError': 'faults',
           'WorkdirWriteError': 'faults', 'check_config': 'fields',
@@ -23,15 +23,4 @@ _HOMES = {'NonFiniteLossError': 'faults', 'Preempted': 'faults', 'WorkdirBusyErr
           'renormalize_filters': 'train_state'}
 __all__ = sorted(_HOMES)
 
-
-def __getattr__(name: str):
-  """`train.NAME` for the names above, imported from their module on first use."""
-  if name not in _HOMES:
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-  value = getattr(importlib.import_module(f'{__name__}.{_HOMES[name]}'), name)
-  globals()[name] = value
-  return value
-
-
-def __dir__() -> list:
-  return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names.exports(__name__, _HOMES)

@@ -245,6 +245,11 @@ def crops(model: models.ConvNet, result: TopK, images: Images, layer: str,
 
   `channels` picks rows of the result (default: all); images from `gather_images`."""
   entries, _ = _select(result, channels)
+  return crop_entries(model, entries, images, layer)
+
+
+def crop_entries(model: models.ConvNet, entries: TopK, images: Images, layer: str) -> Patches:
+  """The image patch under each of `entries` (a TopK of any shape; unfilled: zeros)."""
   geometry = _geometry(model.spec, layer, entries, images)
   rows = _rows(images, entries.example)
   pixels = _cut(images.image, rows, geometry.top, geometry.left, geometry.valid)
@@ -257,26 +262,40 @@ def project(model: models.ConvNet, variables, result: TopK, images: Images, laye
   """The deconvnet projection of each entry, cut to the crops' windows.
 
   The deconvnet projection of each entry (`deconv.project_units`, seeded with the
-  activation's own value), cut to the same windows as `crops`.
+  activation's own value), cut to the same windows as `crops`; see `project_entries`.
+  Unfilled entries give zero patches."""
+  entries, channels = _select(result, channels)
+  channel = np.broadcast_to(channels[:, None], entries.example.shape)
+  patches = project_entries(model, variables, entries, channel, images, layer, rule=rule,
+                            method=method, images_per_call=images_per_call,
+                            units_per_call=units_per_call)
+  return patches._replace(pixels=jnp.asarray(patches.pixels))
+
+
+def project_entries(model: models.ConvNet, variables, entries: TopK, channel, images: Images,
+                    layer: str, rule: str = 'deconvnet', method: str = 'literal',
+                    images_per_call: int = 16, units_per_call: int = 64) -> Patches:
+  """Projections of entries of any shape: entry i is `channel[i]` at entries' example, y, x.
 
   Entries are sorted by image and projected in calls of at most `images_per_call` images
   (one forward pass each) and `units_per_call` units. Every call is padded to the same
-  shapes (`units_per_call` units, and the most distinct images any call needs), so one
-  projection compiles once. Unfilled entries give zero patches."""
-  entries, channels = _select(result, channels)
+  shapes (`units_per_call` units, and the most distinct images any call needs rounded up
+  to a power of two), so a layer's projection compiles once or a few times. Unfilled
+  entries (example -1) give zero patches. Pixels come back as a NumPy array."""
   geometry = _geometry(model.spec, layer, entries, images)
   shape = entries.example.shape
   flat = TopK(*(np.asarray(a).reshape(-1) for a in entries))
-  channel = np.repeat(channels, shape[1])
+  channel = np.asarray(channel, np.int32).reshape(-1)
   top, left = (np.asarray(a).reshape(-1) for a in (geometry.top, geometry.left))
-  valid = np.asarray(geometry.valid).reshape(-1, *geometry.valid.shape[2:])
+  valid = np.asarray(geometry.valid).reshape(-1, *geometry.valid.shape[-2:])
   rows = np.asarray(_rows(images, flat.example))
   filled = np.flatnonzero(flat.example >= 0)
   order = filled[np.argsort(rows[filled], kind='stable')]
   size = valid.shape[-1]
   pixels = np.zeros((flat.example.size, size, size, images.image.shape[-1]), np.float32)
   calls = _calls(rows[order], images_per_call, units_per_call)
-  call_size = max([np.unique(rows[order[a:b]]).size for a, b in calls], default=1)
+  needed = max([np.unique(rows[order[a:b]]).size for a, b in calls], default=1)
+  call_size = min(1 << (needed - 1).bit_length(), max(needed, images_per_call))
   for start, stop in calls:
     chosen = order[start:stop]
     call_rows, local = np.unique(rows[chosen], return_inverse=True)
@@ -287,7 +306,7 @@ def project(model: models.ConvNet, variables, result: TopK, images: Images, laye
         unit(flat.x), rule=rule, method=method, chunk_size=units_per_call)
     cut = _cut(projection, jnp.arange(units_per_call), unit(top), unit(left), unit(valid))
     pixels[chosen] = np.asarray(cut)[:chosen.size]
-  return geometry._replace(pixels=jnp.asarray(pixels.reshape(*shape, *pixels.shape[1:])))
+  return geometry._replace(pixels=pixels.reshape(*shape, *pixels.shape[1:]))
 
 
 def paste(patches: Patches, image_shape: Sequence[int]) -> Array:

@@ -6,9 +6,12 @@ r"""Figures of the paper's analyses from a trained checkpoint, and an HTML page 
         --images dog.jpg --label 207 --patch 32 --stride 8
     python -m zfjax.visualize correspondence --workdir /tmp/zfnet --images d1.jpg d2.jpg \
         --boxes parts.json       # {"right eye": [[row, col, h, w], ...one per image], ...}
+    zfjax-visualize microscope --workdir /tmp/zf --out /tmp/zf/microscope
 
 Subcommands: top9 (Fig. 2), evolution (Fig. 4), invariance (Fig. 5), filters (Fig. 6),
-occlusion (Fig. 7), correspondence (Table 1), all (every one with its defaults). Each
+occlusion (Fig. 7), correspondence (Table 1), all (every one with its defaults), and
+microscope (a static site of every unit: docs/microscope.md; --out default
+WORKDIR/microscope, else ./microscope). Each
 takes --workdir (a train.py workdir: its latest checkpoint, or --step) or --checkpoint (a
 checkpoint directory), and writes into --out (default WORKDIR/figures, else ./figures) a
 PNG per figure, its numbers as JSON, and index.html with a caption per figure. The
@@ -32,6 +35,7 @@ from zfjax import cli
 from zfjax import loading
 from zfjax.report import figures
 from zfjax.report import folder
+from zfjax.report import microscope_site
 from zfjax.report import options
 from zfjax.report import strongest
 
@@ -43,7 +47,8 @@ HELP = {'top9': 'Fig. 2: top-9 activations per map, projected, beside image patc
         'filters': 'Fig. 6: layer-1 filters, RMS and layer-2 features of one or two nets',
         'occlusion': 'Fig. 7: occlusion sensitivity maps',
         'correspondence': 'Table 1: correspondence of occluded parts across images',
-        'all': 'every figure with its defaults'}
+        'all': 'every figure with its defaults',
+        'microscope': 'a static, linkable site of every unit of every layer'}
 
 
 # ------------------------------------------------------------------------ flags
@@ -161,6 +166,16 @@ def _all(fv: flags.FlagValues) -> None:
   flags.DEFINE_string('skip', '', 'comma-separated figures to leave out', flag_values=fv)
 
 
+def _microscope(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string('layers', None, 'comma-separated layers (default: every conv, fc6, '
+                      'fc7)', flag_values=fv)
+  flags.DEFINE_integer('k', 9, 'examples per unit', lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer('tile', 64, 'pixels of a crop or projection on the pages',
+                       lower_bound=8, flag_values=fv)
+  flags.DEFINE_boolean('evolution', True, "each unit's top-k at the other checkpoints kept "
+                       '(--noevolution: not)', flag_values=fv)
+
+
 def _definer(extra: Callable[[flags.FlagValues], None]) -> cli.Define:
   def define(argv: list) -> flags.FlagValues:
     del argv
@@ -235,11 +250,11 @@ def _where(fv: flags.FlagValues) -> str:
   return workdir or checkpoint
 
 
-def _out(fv: flags.FlagValues) -> pathlib.Path:
+def _out(fv: flags.FlagValues, default: str = 'figures') -> pathlib.Path:
   if _value(fv, 'out'):
     return pathlib.Path(_value(fv, 'out'))
   workdir = _value(fv, 'workdir')
-  return pathlib.Path(workdir) / 'figures' if workdir else pathlib.Path('figures')
+  return pathlib.Path(workdir) / default if workdir else pathlib.Path(default)
 
 
 def _command_line(name: str, fv: flags.FlagValues) -> str:
@@ -372,9 +387,26 @@ def _all_body(fv: flags.FlagValues, args: list) -> int:
   return 0
 
 
+def _microscope_body(fv: flags.FlagValues, args: list) -> int:
+  """The microscope site (`report.microscope`)."""
+  images, log = _images(fv, args), timed_log()
+  net = _load(_where(fv), _value(fv, 'step'), log)
+  log(f'loaded {net.describe()}')
+  site = microscope_site.microscope(
+      net, _out(fv, 'microscope'), images=images, split=_value(fv, 'split'),
+      max_examples=_value(fv, 'max-examples'), layers=split_list(_value(fv, 'layers')),
+      k=_value(fv, 'k'), rule=_value(fv, 'rule'), tile=_value(fv, 'tile'),
+      evolution=_value(fv, 'evolution'), log=log, command=_command_line('microscope', fv))
+  log(f'done: open {site.directory / "index.html"} ({site.units} units, '
+      f'{site.bytes / 2**20:.1f} MiB)')
+  return 0
+
+
 COMMANDS = {name: cli.Command(HELP[name], _definer(define), _quietly(_figure_body(name)))
             for name, (define, _) in FIGURE_FLAGS.items()}
 COMMANDS['all'] = cli.Command(HELP['all'], _definer(_all), _quietly(_all_body))
+COMMANDS['microscope'] = cli.Command(HELP['microscope'], _definer(_microscope),
+                                     _quietly(_microscope_body))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -169,12 +169,12 @@ def evaluation_batches(config, split: Optional[str]) -> Iterator[dict]:
 
 def image_set(net: loading.Loaded, images: Union[Images, ImageSet] = None,
               split: Optional[str] = None, max_examples: Optional[int] = None,
-              log: Log = silent) -> ImageSet:
+              log: Log = silent, photos_instead: bool = True) -> ImageSet:
   """The data of a dataset-wide figure: `images`, else the evaluation split.
 
   `max_examples` (None: all) caps either. A photo-sized net whose dataset is not on this
-  machine gets the sample photos instead, with a note in the log; other nets raise
-  DatasetUnavailableError.
+  machine gets the sample photos instead, with a note in the log (unless
+  `photos_instead` is False); other nets raise DatasetUnavailableError.
   """
   cap = options.positive(max_examples, 'max_examples') or 0
   if isinstance(images, ImageSet):
@@ -187,7 +187,7 @@ def image_set(net: loading.Loaded, images: Union[Images, ImageSet] = None,
       raise input_pipeline.DatasetUnavailableError(net.dataset_error)
     first = evaluation_batches(config, split)
   except input_pipeline.DatasetUnavailableError:
-    if not options.photo_sized(net):
+    if not (photos_instead and options.photo_sized(net)):
       raise
     log(f'note: {config.dataset} is not available here; using the sample photos instead '
         '(pass image files for your own)')

@@ -300,10 +300,10 @@ def _unit_section(data: SiteData, index: int, c: int, feeds, below, first_conv) 
                          f'{name}: top {k} projections above their image crops',
                          f'Top {k}: deconvnet projections (upper row) over the image '
                          'crops under the unit\'s receptive field. ' +
-                         _caption_entries(found.top, c, data.labels, 'examples')))
+                         _caption_entries(found.top, c, data.labels, 'Examples')))
   else:
     parts.append(_thumbnails(data, found.top, c, f'Top {k} images. ' + _caption_entries(
-        found.top, c, data.labels, 'examples')))
+        found.top, c, data.labels, 'Examples')))
   if first_conv:
     columns = pictures.grid_columns(units)
     r, q = divmod(c, columns)
@@ -335,16 +335,16 @@ def _unit_section(data: SiteData, index: int, c: int, feeds, below, first_conv) 
       for step, (other, _, _) in data.history.items():
         parts.append(_thumbnails(data, other[layer].top, c, f'At step {step}. ' +
                                  _caption_entries(other[layer].top, c, data.labels,
-                                                  'examples')))
+                                                  'Examples')))
   if layer in data.tiles:
     size = data.tiles[layer].top_crop.shape[2]
     parts.append(_figure(f'img/{layer}/{c}-neg.png', k * size + (k - 1) * GAP, size,
                          f'{name}: most negative pre-activations',
                          'Most negative pre-activations (before the ReLU): the crops. ' +
-                         _caption_entries(found.bottom, c, data.labels, 'examples')))
+                         _caption_entries(found.bottom, c, data.labels, 'Examples')))
   else:
     parts.append(_thumbnails(data, found.bottom, c, 'Most negative pre-activations. ' +
-                             _caption_entries(found.bottom, c, data.labels, 'examples')))
+                             _caption_entries(found.bottom, c, data.labels, 'Examples')))
   parts.append('</section>')
   return '\n'.join(parts)
 

@@ -51,6 +51,7 @@ from zfjax.report import plots
 from zfjax.report import strongest
 
 MARKER = 'microscope.json'  # a folder holding this file is a site this module may replace
+CHUNK = 256  # entries cut and projected at once (bounds memory)
 
 
 class Site(NamedTuple):
@@ -266,37 +267,51 @@ def _empty_tiles(net, result: unit_survey.Survey, layer: str, tile: int,
 def _fill(net, variables, result: unit_survey.Survey, layer: str, here: topk.Images,
           shown: topk.Images, tiles: LayerTiles, rule: str, gray: bool,
           first_only: bool) -> None:
-  """Writes the crops and projections of the entries whose images are in this batch."""
+  """Writes the crops and projections of the entries whose images are in this batch.
+
+  In chunks of at most CHUNK entries, sorted by image, so memory stays bounded whatever
+  the layer's width and a chunk's projections share their forward passes."""
   size = tiles.top_crop.shape[-2]
   numbers = np.asarray(here.example)
-  kinds = [('top', result.top, tiles.top_crop)]
+  kinds = [(result.top, tiles.top_crop, True)]
   if not first_only:
-    kinds.append(('bottom', result.bottom, tiles.bottom_crop))
-  for kind, entries, crop_tiles in kinds:
-    where = np.nonzero(np.isin(np.asarray(entries.example), numbers))
-    if not where[0].size:
-      continue
-    picked = _padded(topk.TopK(*(np.asarray(a)[where] for a in entries)))
-    crops = topk.crop_entries(net.model, picked, shown, layer)
-    valid = np.asarray(crops.valid)[:where[0].size]
-    pixels = np.clip(np.asarray(crops.pixels)[:where[0].size] / 255.0, 0, 1)
-    crop_tiles[where] = pictures.to_uint8(pictures.resize(plots.blank_outside(pixels, valid), size))
-    if kind != 'top':
-      continue
-    chosen = where if not first_only else tuple(a[where[1] == 0] for a in where)
-    if not chosen[0].size:
-      continue
-    picked = topk.TopK(*(np.asarray(a)[chosen] for a in entries))
-    projected = topk.project_entries(net.model, variables, picked, chosen[0], here, layer,
-                                     rule=rule)
-    shown_projection = plots.blank_outside(
-        plots.signed_to_display(projected.pixels, gray=gray), np.asarray(projected.valid))
-    tiles.top_projection[chosen] = pictures.to_uint8(pictures.resize(shown_projection, size))
+    kinds.append((result.bottom, tiles.bottom_crop, False))
+  for entries, crop_tiles, project in kinds:
+    example = np.asarray(entries.example)
+    channel, column = np.nonzero(np.isin(example, numbers))
+    order = np.argsort(example[channel, column], kind='stable')
+    channel, column = channel[order], column[order]
+    for start in range(0, channel.size, CHUNK):
+      where = (channel[start:start + CHUNK], column[start:start + CHUNK])
+      picked = _padded(topk.TopK(*(np.asarray(a)[where] for a in entries)), CHUNK)
+      crops = topk.crop_entries(net.model, picked, shown, layer)
+      count = where[0].size
+      pixels = np.clip(np.asarray(crops.pixels)[:count] / 255.0, 0, 1)
+      crop_tiles[where] = pictures.to_uint8(pictures.resize(
+          plots.blank_outside(pixels, np.asarray(crops.valid)[:count]), size))
+      if project:
+        _project(net, variables, entries, where, here, layer, rule, gray, first_only,
+                 tiles.top_projection, size)
 
 
-def _padded(entries: topk.TopK) -> topk.TopK:
-  """Flat entries padded with unfilled ones to a power of two (few compiled shapes)."""
-  count = entries.example.shape[0]
-  extra = (1 << max(count - 1, 0).bit_length()) - count
+def _project(net, variables, entries: topk.TopK, where: tuple, here: topk.Images,
+             layer: str, rule: str, gray: bool, first_only: bool, out: np.ndarray,
+             size: int) -> None:
+  """The deconvnet projections of entries `where` (only each unit's first: first_only)."""
+  if first_only:
+    where = tuple(a[where[1] == 0] for a in where)
+  if not where[0].size:
+    return
+  picked = topk.TopK(*(np.asarray(a)[where] for a in entries))
+  projected = topk.project_entries(net.model, variables, picked, where[0], here, layer,
+                                   rule=rule)
+  shown = plots.blank_outside(plots.signed_to_display(projected.pixels, gray=gray),
+                              np.asarray(projected.valid))
+  out[where] = pictures.to_uint8(pictures.resize(shown, size))
+
+
+def _padded(entries: topk.TopK, size: int) -> topk.TopK:
+  """Flat entries padded with unfilled ones to `size` (one compiled shape)."""
+  extra = size - entries.example.shape[0]
   pad = lambda a, fill: np.concatenate([a, np.full(extra, fill, a.dtype)])
   return topk.TopK(pad(entries.values, -np.inf), *(pad(a, -1) for a in entries[1:]))

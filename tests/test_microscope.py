@@ -172,9 +172,9 @@ def test_second_pass_puts_each_entry_where_the_gathered_path_does(net, data):
   crops = topk.crops(net.model, found[layer].top, shown, layer)
   projections = topk.project(net.model, net.variables, found[layer].top, gathered, layer)
   pictures = microscope_pictures
-  expected_crops = pictures.to_uint8(pictures.resize(
+  expected_crops = pictures.tiles(
       np.where(np.asarray(crops.valid)[..., None], np.asarray(crops.pixels) / 255.0,
-               np.asarray((0.78, 0.84, 0.92), np.float32)), 9))
+               np.asarray((0.78, 0.84, 0.92), np.float32)), 9)
   np.testing.assert_array_equal(tiles[layer].top_crop, expected_crops)
   from zfjax.report import plots  # pylint: disable=import-outside-toplevel
   expected = pictures.to_uint8(plots.blank_outside(

@@ -28,6 +28,7 @@ import pathlib
 import urllib.parse
 from typing import NamedTuple, Optional, Sequence
 
+import jax
 import numpy as np
 from PIL import Image
 
@@ -59,6 +60,10 @@ class SiteData(NamedTuple):
 
 def write_site(directory: pathlib.Path, data: SiteData) -> None:
   """Writes every page, picture and JSON file of the site into `directory`."""
+  as_numpy = lambda tree: jax.tree.map(np.asarray, tree)
+  data = data._replace(found=as_numpy(data.found), history={
+      step: (as_numpy(found), tiles, thumbnails)
+      for step, (found, tiles, thumbnails) in data.history.items()})
   writer = _PngWriter()
   for layer in data.layers:
     _layer_pictures(directory, data, layer, writer)

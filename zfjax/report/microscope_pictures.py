@@ -1,15 +1,15 @@
 """The microscope's pictures: tiles at page size, strips, sprite sheets, filters, feeds.
 
-Pictures are uint8 RGB arrays; `resize` takes [0, 1] floats. A window smaller than the
-tile is enlarged by whole pixels, a larger one shrunk by area (antialiased).
+Pictures are uint8 RGB arrays (`tiles` makes them from [0, 1] floats). A window smaller
+than the tile is enlarged by whole pixels, a larger one shrunk (Lanczos, antialiased).
 """
 
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import jax
 import numpy as np
+from PIL import Image
 
 from zfjax import architecture
 from zfjax import loading
@@ -29,23 +29,28 @@ def display_size(window: int, tile: int) -> int:
   return window * max(1, tile // window) if window < tile else tile
 
 
-def resize(pixels: np.ndarray, size: int) -> np.ndarray:
-  """[0, 1] pictures (..., S, S, 3) to (..., size, size, 3): repeated pixels up, area down."""
-  pixels = np.asarray(pixels, np.float32)
-  side = pixels.shape[-2]
+def resize(pictures: np.ndarray, size: int) -> np.ndarray:
+  """uint8 pictures (..., S, S, 3) to (..., size, size, 3): whole pixels up, Lanczos down."""
+  side = pictures.shape[-2]
   if side == size:
-    return pixels
+    return pictures
   if size % side == 0:
     factor = size // side
-    return np.repeat(np.repeat(pixels, factor, axis=-3), factor, axis=-2)
-  lead = pixels.shape[:-3]
-  flat = pixels.reshape(-1, side, side, 3)
-  small = jax.image.resize(flat, (flat.shape[0], size, size, 3), 'linear', antialias=True)
-  return np.asarray(small).reshape(*lead, size, size, 3)
+    return np.repeat(np.repeat(pictures, factor, axis=-3), factor, axis=-2)
+  flat = pictures.reshape(-1, side, side, 3)
+  out = np.stack([np.asarray(Image.fromarray(p).resize((size, size), Image.LANCZOS))
+                  for p in flat]) if flat.shape[0] else np.zeros((0, size, size, 3), np.uint8)
+  return out.reshape(*pictures.shape[:-3], size, size, 3)
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
+  """[0, 1] floats to uint8."""
   return np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8)
+
+
+def tiles(pixels: np.ndarray, size: int) -> np.ndarray:
+  """[0, 1] pictures (..., S, S, 3) as uint8 tiles (..., size, size, 3)."""
+  return resize(to_uint8(pixels), size)
 
 
 def filter_tiles(net: loading.Loaded, layer: str, size: int) -> np.ndarray:
@@ -53,7 +58,7 @@ def filter_tiles(net: loading.Loaded, layer: str, size: int) -> np.ndarray:
   kernel = np.asarray(net.params[layer]['kernel'], np.float32)      # (kh, kw, 3, C)
   filters = np.moveaxis(kernel, -1, 0)
   shown = plots.signed_to_display(filters, gray=options.is_gray(net))
-  return to_uint8(resize(shown, display_size(filters.shape[1], size)))
+  return tiles(shown, display_size(filters.shape[1], size))
 
 
 def feeding_units(net: loading.Loaded, layer: str, count: int = 6
@@ -111,6 +116,6 @@ def grid_columns(count: int) -> int:
   return max(1, min(32, int(np.ceil(np.sqrt(count)))))
 
 
-def to_grid(tiles: np.ndarray, size: int) -> np.ndarray:
+def to_grid(pictures: np.ndarray, size: int) -> np.ndarray:
   """uint8 tiles (C, T, T, 3) as (C, size, size, 3) grid cells."""
-  return to_uint8(resize(tiles.astype(np.float32) / 255.0, size))
+  return resize(pictures, size)

@@ -249,8 +249,8 @@ def second_pass(net: loading.Loaded, variables, data: examples.ImageSet,
             first_only)
     take = np.isin(numbers, wanted_thumbs)
     if take.any():
-      small = pictures.resize(np.asarray(shown.image)[take] / 255.0, tile)
-      thumbnails.update(zip(numbers[take].tolist(), pictures.to_uint8(small)))
+      small = pictures.tiles(np.asarray(shown.image)[take] / 255.0, tile)
+      thumbnails.update(zip(numbers[take].tolist(), small))
   return out, thumbnails
 
 
@@ -287,8 +287,8 @@ def _fill(net, variables, result: unit_survey.Survey, layer: str, here: topk.Ima
       crops = topk.crop_entries(net.model, picked, shown, layer)
       count = where[0].size
       pixels = np.clip(np.asarray(crops.pixels)[:count] / 255.0, 0, 1)
-      crop_tiles[where] = pictures.to_uint8(pictures.resize(
-          plots.blank_outside(pixels, np.asarray(crops.valid)[:count]), size))
+      crop_tiles[where] = pictures.tiles(
+          plots.blank_outside(pixels, np.asarray(crops.valid)[:count]), size)
       if project:
         _project(net, variables, entries, where, here, layer, rule, gray, first_only,
                  tiles.top_projection, size)
@@ -307,7 +307,7 @@ def _project(net, variables, entries: topk.TopK, where: tuple, here: topk.Images
                                    rule=rule)
   shown = plots.blank_outside(plots.signed_to_display(projected.pixels, gray=gray),
                               np.asarray(projected.valid))
-  out[where] = pictures.to_uint8(pictures.resize(shown, size))
+  out[where] = pictures.tiles(shown, size)
 
 
 def _padded(entries: topk.TopK, size: int) -> topk.TopK:

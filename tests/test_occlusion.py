@@ -1,8 +1,11 @@
-"""Occlusion sensitivity against a full forward per position and the PyTorch deconvnet.
+"""Occlusion sensitivity against a full forward per position and the PyTorch ZFNet.
 
-Occlusion sensitivity: the incremental evaluation equals a full forward per position,
-and the maps' projection equals the independent PyTorch deconvnet (tools/torch_zfnet.py)."""
+Occlusion sensitivity: the incremental evaluation equals a full forward per position, the
+default mode's probabilities those of the independent PyTorch ZFNet on every occluded
+image, and the maps' projection the PyTorch deconvnet (tools/torch_zfnet.py). The other
+networks against torch: tests/test_occlusion_torch.py."""
 
+import inspect
 import pathlib
 import sys
 
@@ -10,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 
 from zfjax import architecture, models, occlusion
 from testing_models import alive_variables, random_images
@@ -27,7 +31,7 @@ SPEC = architecture.zfnet(num_classes=4, conv_features=FEATURES, fc_features=FC)
 # copies): several chunks and an uneven split. Shared by the tests below, so it compiles
 # once per mode.
 SHARED = dict(patch=48, stride=22, fill=30.0, chunk_size=16)
-DEFAULTS = dict(fill=0.0, method='incremental', winograd=False, field_threshold=None,
+DEFAULTS = dict(fill=0.0, method='incremental', winograd='auto', field_threshold=None,
                 chunk_size=64)
 
 
@@ -54,21 +58,22 @@ def maps(setup):
 
 
 @pytest.mark.parametrize('patch,stride,fill,winograd,chunk_size', [
-    # Several chunks, the last one padded; both modes.
-    pytest.param(SHARED['patch'], SHARED['stride'], SHARED['fill'], True,
+    # Several chunks, the last one padded; the default mode and the exact direct one.
+    pytest.param(SHARED['patch'], SHARED['stride'], SHARED['fill'], 'auto',
                  SHARED['chunk_size'], id='several-chunks'),
     # All positions in one chunk (None): one compiled loop body, no padding.
-    pytest.param(32, 16, 0.0, True, None, marks=pytest.mark.slow),
+    pytest.param(32, 16, 0.0, 'auto', None, marks=pytest.mark.slow),
     pytest.param(48, 20, 0.0, False, None, marks=pytest.mark.slow),
-    pytest.param(7, 29, 30.0, True, None, marks=pytest.mark.slow),
+    pytest.param(7, 29, 30.0, 'auto', None, marks=pytest.mark.slow),
     pytest.param(224, 1, -50.0, False, None, marks=pytest.mark.slow),
-    pytest.param(32, 16, 0.0, True, 50, marks=pytest.mark.slow),  # 169 positions: 4 of 43
+    pytest.param(224, 1, -50.0, 'auto', None, marks=pytest.mark.slow),  # conv2 by m = 2
+    pytest.param(32, 16, 0.0, 'auto', 50, marks=pytest.mark.slow),  # 169 positions: 4 of 43
 ])
 def test_incremental_equals_naive(maps, patch, stride, fill, winograd, chunk_size):
   rows = (224 - patch) // stride + 1
   chunk_size = chunk_size or rows * rows
   slow = maps(patch=patch, stride=stride, fill=fill, method='naive')
-  for w in sorted({False, winograd}):
+  for w in (False, winograd) if winograd else (False,):
     fast = maps(patch=patch, stride=stride, fill=fill, winograd=w, chunk_size=chunk_size)
     assert fast.prob.shape == fast.top_class.shape == fast.feature.shape == (rows, rows)
     np.testing.assert_allclose(fast.prob, slow.prob, atol=1e-5)
@@ -77,6 +82,19 @@ def test_incremental_equals_naive(maps, patch, stride, fill, winograd, chunk_siz
                                atol=1e-5 * float(slow.unoccluded_feature))
     assert float(jnp.abs(fast.prob - fast.unoccluded_prob).max()) > 1e-4  # it matters
     assert float(jnp.abs(fast.feature - fast.unoccluded_feature).max()) > 0
+
+
+def test_the_default_is_winograd_where_it_applies(maps):
+  """winograd='auto' (the default) is True with the incremental method, False with naive.
+
+  The default, winograd='auto', is winograd=True with the incremental method (the same
+  compiled program) and, with method='naive', the naive maps rather than an error."""
+  assert inspect.signature(occlusion.sensitivity).parameters['winograd'].default == 'auto'
+  for method, same in (('incremental', True), ('naive', False)):
+    auto = maps(**SHARED, method=method)
+    explicit = maps(**SHARED, method=method, winograd=same)
+    np.testing.assert_array_equal(auto.prob, explicit.prob)
+    np.testing.assert_array_equal(auto.feature, explicit.feature)
 
 
 def test_the_shared_run_spans_several_chunks_split_unevenly():
@@ -137,11 +155,20 @@ def test_maps_mean_what_the_paper_says(setup, maps):
     assert int(out.top_class[i, j]) == int(jnp.argmax(logits))
     np.testing.assert_allclose(out.feature[i, j], by_hand['conv5'][0, ..., channel].sum(),
                                rtol=1e-5)
-  # The projection (panel c) against the independent PyTorch deconvnet: switches,
-  # scatter-add unpooling, rectification and transposed filters written out in torch.
   torch_model = tz.load_flax_params(
       tz.TorchZFNet(4, conv_features=FEATURES, fc_features=FC).eval(),
       jax.tree.map(np.array, variables['params']))
+  # The default mode's probabilities against the torch ZFNet on every occluded image.
+  rows = occlusion.positions(224, patch, stride)
+  occluded = np.repeat(np.asarray(image)[None], rows * rows, axis=0)
+  for i in range(rows):
+    for j in range(rows):
+      occluded[i * rows + j, i * stride:i * stride + patch, j * stride:j * stride + patch] = fill
+  with torch.no_grad():
+    torch_prob = torch.softmax(torch_model(tz.to_nchw(occluded)).double(), -1)[:, 3]
+  assert np.abs(np.asarray(out.prob, np.float64).ravel() - torch_prob.numpy()).max() <= 1e-4
+  # The projection (panel c) against the independent PyTorch deconvnet: switches,
+  # scatter-add unpooling, rectification and transposed filters written out in torch.
   reference = tz.literal_deconvnet(torch_model, tz.to_nchw(image[None]), 'conv5',
                                    [channel]).numpy()[0, 0].transpose(1, 2, 0)
   projection = np.asarray(out.projection)
@@ -198,8 +225,9 @@ def test_incremental_equals_naive_on_other_variants(spec, winograd):
     (dict(method='fast'), "unknown method 'fast'"),
     (dict(field_threshold=0.0), 'field_threshold must be in'),
     (dict(field_threshold=0.5, method='naive'), 'field_threshold must be in'),
-    (dict(winograd='yes'), 'winograd must be True or False'),
-    (dict(winograd=True, method='naive'), 'winograd must be True or False'),
+    (dict(winograd='yes'), "winograd must be 'auto', True or False"),
+    (dict(winograd=None), "winograd must be 'auto', True or False"),
+    (dict(winograd=True, method='naive'), 'True only with the incremental method'),
     (dict(image=jnp.zeros((1, 224, 224, 3))), r'one \(H, W, 3\) image'),
     (dict(image=jnp.zeros((224, 224))), r'one \(H, W, 3\) image'),
 ])

@@ -53,7 +53,7 @@ def positions(size: int, patch: int, stride: int) -> int:
 def sensitivity(model: models.ConvNet, variables, image: Array, label: int,
                 patch: int = 32, stride: int = 8, fill: float = 0.0,
                 layer: str | None = None, method: str = 'incremental',
-                field_threshold: float | None = None, winograd: bool = False,
+                field_threshold: float | None = None, winograd: bool | str = 'auto',
                 chunk_size: int = 64) -> Sensitivity:
   """Occlusion maps of one (H, W, 3) image for class `label` (docs/analyses.md).
 
@@ -62,9 +62,14 @@ def sensitivity(model: models.ConvNet, variables, image: Array, label: int,
     window is capped at ceil(tau * the layer's size) cells per axis, centred on the exact
     window; changes outside it are dropped (the cached activations stand in), so deep
     layers recompute less. benchmarks/occlusion.py reports speed and error per tau.
-  winograd: compute the windows of the convolutions with ceil(kernel / stride) = 3 by
-    Winograd's minimal filtering (docs/analyses.md): faster, equal to the exact maps up to
-    float32 rounding (benchmarks/occlusion.py reports the difference).
+  winograd: 'auto' (the default), True or False. Winograd's minimal filtering computes the
+    windows of the convolutions with ceil(kernel / stride) = 3 (docs/analyses.md): faster,
+    equal to the exact maps up to float32 rounding (tests hold it to an independent torch
+    reference within 1e-4 in probability; benchmarks/occlusion.py reports the difference).
+    'auto' uses it wherever it applies: with the incremental method, on each such
+    convolution whose window rounds up to whole tiles inside its map (the others stay
+    direct); with method='naive' nowhere. True asks for it, so it needs the incremental
+    method. False is the exact direct mode (equal to method='naive' up to float32 rounding).
   """
   image = jnp.asarray(image)
   if image.ndim != 3:
@@ -80,9 +85,7 @@ def sensitivity(model: models.ConvNet, variables, image: Array, label: int,
   if field_threshold is not None and not (0 < field_threshold <= 1 and method == 'incremental'):
     raise ValueError(f'field_threshold must be in (0, 1] with the incremental method, got '
                      f'{field_threshold} with method {method!r}')
-  if not isinstance(winograd, (bool, np.bool_)) or (winograd and method != 'incremental'):
-    raise ValueError(f'winograd must be True or False, and True only with the incremental '
-                     f'method; got {winograd!r} with method {method!r}')
+  use_winograd = _use_winograd(winograd, method)
   if not (_is_int(patch) and _is_int(stride) and patch >= 1 and stride >= 1):
     raise ValueError(f'patch and stride must be positive ints, got patch={patch!r}, '
                      f'stride={stride!r}')
@@ -104,8 +107,18 @@ def sensitivity(model: models.ConvNet, variables, image: Array, label: int,
       raise ValueError(f'fill must be finite, got {fill}')
   return _sensitivity(model, variables, image, jnp.int32(label), jnp.float32(fill),
                       patch=patch, stride=stride, layer=layer, method=method,
-                      field_threshold=field_threshold, winograd=bool(winograd),
+                      field_threshold=field_threshold, winograd=use_winograd,
                       chunk_size=chunk_size)
+
+
+def _use_winograd(winograd, method) -> bool:
+  """Whether windows go by Winograd: 'auto' with the incremental method, or True."""
+  is_auto = isinstance(winograd, str) and winograd == 'auto'
+  if not (is_auto or isinstance(winograd, (bool, np.bool_))) or (
+      not is_auto and winograd and method != 'incremental'):
+    raise ValueError(f"winograd must be 'auto', True or False, and True only with the "
+                     f'incremental method; got {winograd!r} with method {method!r}')
+  return method == 'incremental' and bool(winograd)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'patch', 'stride', 'layer', 'method',

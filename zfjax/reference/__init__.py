@@ -148,7 +148,8 @@ def generate(config: Config = FULL, seed: int = 0) -> dict[str, np.ndarray]:
 
   label = int(np.argmax(out[f'activations/{names[-1]}'][0]))
   maps = occlusion.sensitivity(model, variables, x[0], label, patch=config.patch,
-                               stride=config.stride, fill=config.fill)
+                               stride=config.stride, fill=config.fill,
+                               winograd=False)  # the exact maps, for other frameworks
   out['occlusion/label'] = np.asarray(label, np.int32)
   out['occlusion/channel'] = np.asarray(maps.channel, np.int32)
   out['occlusion/prob'] = np.asarray(maps.prob, np.float32)

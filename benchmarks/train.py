@@ -154,11 +154,13 @@ def layer_profile(args) -> list[dict]:
   """Where a step's time goes: each layer of ZFNet alone at the step's shapes.
 
   Forward and forward + backward (the gradients the step needs: weights, and the input's
-  except for conv1), jitted in JAX and eager in PyTorch, median of a few runs.
+  except for conv1), jitted in JAX and eager in PyTorch, median of a few runs. The JAX
+  layers are the model's: convolutions through `fast_ops.conv_general_dilated` (nn.Conv's),
+  pools through `models.max_pool`.
   """
   import torch  # pylint: disable=import-outside-toplevel
   import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
-  from zfjax import architecture, models  # pylint: disable=import-outside-toplevel
+  from zfjax import architecture, fast_ops, models  # pylint: disable=import-outside-toplevel
   spec = architecture.zfnet(args.num_classes)
   shapes = architecture.shapes(spec, (args.image_size, args.image_size, 3))
   n, previous, rows = args.batch_size, (args.image_size, args.image_size, 3), []
@@ -173,7 +175,7 @@ def layer_profile(args) -> list[dict]:
       k = (0.01 * rng.standard_normal((record.kernel, record.kernel, previous[-1],
                                        record.features))).astype(np.float32)
       pad = [(record.padding, record.padding)] * 2
-      jax_fn = lambda x, k, r=record, pad=pad: jax.nn.relu(jax.lax.conv_general_dilated(
+      jax_fn = lambda x, k, r=record, pad=pad: jax.nn.relu(fast_ops.conv_general_dilated(
           x, k, (r.stride,) * 2, pad, dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
       torch_fn = lambda x, k, r=record: F.relu(F.conv2d(x, k, stride=r.stride,
                                                         padding=r.padding))

@@ -406,7 +406,11 @@ def test_four_devices_match_one_and_restore_across_device_counts(tmp_path):
   assert min(result['update']) > 1e-3, result['update']  # every step moves the weights
   for step, (a, b, diff) in enumerate(zip(losses1, losses4, result['params_diff']), 1):
     assert b == pytest.approx(a, rel=1e-6, abs=0), f'step {step}: loss {b} on 4 devices, {a} on 1'
-    assert diff < 1e-6, f'step {step}: the weights differ by up to {diff}'
+    # Float32 rounding differs with the per-device batch (the convolutions' matrix
+    # products sum in another order), and a max pool's near-tie can then pick another
+    # switch: differences of about 1e-6 after a few steps. A sharding mistake (a missing
+    # or doubled mean) moves the weights by the learning rate times a gradient, ~1e-3.
+    assert diff < 1e-5, f'step {step}: the weights differ by up to {diff}'
   assert result['restored_equal']
   assert result['restored_devices'] == 4 and result['replicated']
   assert not result['tensorflow_imported']  # the digits path runs where TF is absent

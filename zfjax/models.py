@@ -8,7 +8,9 @@
 
 Parameters are named after the layers, {'conv1': {'kernel', 'bias'}, ..., 'fc8': ...}:
 conv kernels HWIO, dense kernels (in, out), fc6's input the last map flattened in HWC
-order. Initialization follows the paper: normal(std 1e-2) weights, zero biases.
+order. Initialization follows the paper: normal(std 1e-2) weights, zero biases. Convolutions
+and max pools go through `zfjax.fast_ops`: the same functions, with gradients that train
+faster on CPUs.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from jax import lax
 
 from zfjax import architecture
 from zfjax import configs
+from zfjax import fast_ops
 from zfjax.architecture import AvgPool, Conv, Dense, Norm, Pool
 
 Array = jax.Array
@@ -49,11 +52,12 @@ def local_response_norm(x: Array, size: int = 5, alpha: float = 1e-4, beta: floa
 
 
 def max_pool(x: Array, record: Pool) -> Array:
-  """Max pooling of an NHWC map; ceil mode pads the overhang with -inf."""
+  """Max pooling of an NHWC map; ceil mode pads the overhang with -inf.
+
+  `fast_ops.max_pool`: its gradient goes to each window's first maximum (row-major)."""
   pad_h = architecture.pool_overhang(x.shape[1], record.window, record.stride, record.ceil)
   pad_w = architecture.pool_overhang(x.shape[2], record.window, record.stride, record.ceil)
-  return nn.max_pool(x, (record.window,) * 2, strides=(record.stride,) * 2,
-                     padding=((0, pad_h), (0, pad_w)))
+  return fast_ops.max_pool(x, record.window, record.stride, ((0, pad_h), (0, pad_w)))
 
 
 def adaptive_avg_pool(x: Array, size: int) -> Array:
@@ -102,6 +106,7 @@ class ConvNet(nn.Module):
         x = nn.Conv(record.features, (record.kernel,) * 2, strides=(record.stride,) * 2,
                     padding=[(record.padding, record.padding)] * 2, dtype=self.dtype,
                     kernel_init=self.kernel_init, bias_init=self.bias_init,
+                    conv_general_dilated=fast_ops.conv_general_dilated,
                     name=record.name)(x)
         x = self.relu(x)
       elif isinstance(record, Pool):

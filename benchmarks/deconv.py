@@ -22,6 +22,12 @@ pass, not charged to Captum). For rule deconvnet the torch model's normalization
 identity backward (Captum hooks only ReLUs; the paper's deconvnet passes normalization
 through), so both sides compute the same numbers and the script reports their agreement.
 
+FLOPs: the transposed convolutions of one projection's cone (`cone_flops`: for each conv
+layer in it, 2 x window cells x output channels x k x k x input channels; 0.47 GFLOP from
+conv5), which is also what zfjax's literal method multiplies (its GEMMs run on the same
+windows). Against them, the rate zfjax reaches and its share of a large matmul's rate
+(an `--matmul`-cube float32 `jnp` matmul, timed in the same run: the FLOP limit).
+
 Memory: RSS of this process (see benchmarks/common.py): the peak above the RSS before
 each timed run, and the process high-water mark. Imports no TensorFlow.
 """
@@ -44,7 +50,8 @@ import torch  # pylint: disable=wrong-import-position
 
 import common  # pylint: disable=wrong-import-position
 import torch_zfnet as tz  # pylint: disable=wrong-import-position
-from zfjax import deconv, models  # pylint: disable=wrong-import-position
+from zfjax import architecture, deconv, models  # pylint: disable=wrong-import-position
+from zfjax.architecture import Conv  # pylint: disable=wrong-import-position
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -60,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--repeats', type=int, default=2, help='timed zfjax calls (best)')
   parser.add_argument('--chunk_size', type=int, default=64, help='zfjax units per chunk')
   parser.add_argument('--fc', type=int, default=4096, help='fc6/fc7 width')
+  parser.add_argument('--matmul', type=int, default=2048,
+                      help='side of the square matmul that sets the FLOP limit')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--json', default=None, help='append the JSON line to this file')
   parser.add_argument('--quick', action='store_true', help='1 image, 8 channels, 1 repeat')
@@ -103,6 +112,33 @@ def bench_zfjax(args, model, variables, images) -> tuple[dict, np.ndarray]:
           'peak_rss_delta_mb': memory.peak_delta_mb}, out
 
 
+def cone_flops(spec, layer: str) -> dict:
+  """FLOPs of the transposed convolutions in one projection's cone, per conv layer.
+
+  A conv layer whose output window is s x s cells (`architecture.windows`) projects
+  them with s * s * out_channels * k * k * in_channels multiply-adds (2 FLOPs each)."""
+  shapes = architecture.shapes(spec)
+  names = architecture.layer_names(spec)
+  out = {}
+  for name, window in architecture.windows(spec, layer):
+    record = None if name == 'input' else architecture.layer(spec, name)
+    if isinstance(record, Conv):
+      below = names.index(name) - 1
+      in_channels = shapes[names[below]][-1] if below >= 0 else 3
+      out[name] = (2 * window.size ** 2 * record.features * record.kernel ** 2
+                   * in_channels)
+  return out
+
+
+def matmul_gflops(size: int, repeats: int = 5) -> float:
+  """GFLOP/s of the best of `repeats` float32 size x size x size `jnp` matmuls."""
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(matmul(a))
+  seconds = common.timed(lambda: jax.block_until_ready(matmul(a)), repeats)
+  return 2 * size ** 3 / seconds / 1e9
+
+
 def bench_captum(args, torch_model, images, batch_images: bool) -> tuple[dict, np.ndarray]:
   x = tz.to_nchw(images)
   channels = list(range(args.channels))
@@ -131,11 +167,19 @@ def main(argv=None) -> dict:
             'method': args.method, 'images': args.images, 'channels': args.channels,
             'projections': n, 'torch_threads': args.torch_threads,
             'jax_devices': str(jax.devices()), 'memory': 'process RSS, MiB'}
+  flops = cone_flops(model.spec, args.layer)
+  result['flops'] = {'cone_gflop_per_projection': sum(flops.values()) / 1e9,
+                     'cone_gflop_by_layer': {k: v / 1e9 for k, v in flops.items()},
+                     'matmul_size': args.matmul}
   result['zfjax'], ours = bench_zfjax(args, model, variables, images)
+  result['flops']['matmul_gflops'] = limit = matmul_gflops(args.matmul)
+  rate = sum(flops.values()) / (result['zfjax']['ms_per_projection'] / 1e3) / 1e9
+  result['zfjax'].update(gflops=rate, percent_of_matmul=100 * rate / limit)
   ours = ours.transpose(0, 1, 4, 2, 3)  # NCHW like torch
   rows = [('zfjax deconv.project', f'{args.method}, 1 call',
            result['zfjax']['ms_per_projection'], result['zfjax']['compile_s'],
-           result['zfjax']['peak_rss_delta_mb'], '')]
+           result['zfjax']['peak_rss_delta_mb'], f'{rate:.1f}',
+           f'{100 * rate / limit:.0f}% of {limit:.0f}', '', '')]
   modes = {'both': ('batched', 'per_neuron'), 'none': ()}.get(args.captum, (args.captum,))
   for mode in modes:
     stats, theirs = bench_captum(args, torch_model, images, mode == 'batched')
@@ -143,12 +187,17 @@ def main(argv=None) -> dict:
     stats['max_rel_error_vs_zfjax'] = tz.relative_error(ours, theirs)
     result[f'captum_{mode}'] = stats
     rows.append((f'Captum {tz.CAPTUM_METHODS[args.rule]}', f'{mode}, {stats["calls"]} calls',
-                 stats['ms_per_projection'], '', stats['peak_rss_delta_mb'],
-                 f'{stats["speedup_of_zfjax"]:.2f}x'))
+                 stats['ms_per_projection'], '', stats['peak_rss_delta_mb'], '', '',
+                 f'{stats["max_rel_error_vs_zfjax"]:.2g}', f'{stats["speedup_of_zfjax"]:.2f}x'))
   result['max_rss_mb'] = common.max_rss_mb()
   result['environment'] = common.environment()
   common.print_report(result, ('implementation', 'calls', 'ms / projection', 'compile s',
-                               'peak RSS delta MiB', 'zfjax speedup'), rows, args.json)
+                               'peak RSS delta MiB', 'cone GFLOP/s',
+                               '% of matmul GFLOP/s', 'max rel error vs zfjax',
+                               'zfjax speedup'), rows, args.json)
+  print(f'\nCone: {sum(flops.values()) / 1e9:.3f} GFLOP per projection ('
+        + ', '.join(f'{k} {v / 1e9:.3f}' for k, v in flops.items()) + '); '
+        f'{args.matmul}-cube matmul: {limit:.0f} GFLOP/s.')
   return result
 
 

@@ -97,6 +97,41 @@ def test_project_units_equals_project_for_the_strongest(setup, layer):
       jnp.abs(grid).max()))
 
 
+# Units on the maps' corners and edges: their windows hang over the border, where the
+# literal path relies on the padded switches (-1) and masks. conv2 with 6 units reuses the
+# program of the test above; conv5 in chunks of 4 (one full chunk and a remainder of 2).
+@pytest.mark.parametrize('layer,chunk_size', [('conv2', 64), ('conv5', 4)])
+def test_border_units_literal_equals_gradient(setup, layer, chunk_size):
+  model, variables, images = setup
+  last = architecture.shapes(model.spec)[layer][0] - 1
+  image, channel = [0, 1, 0, 1, 0, 1], [0, 5, 11, 3, 7, 2]
+  y, x = [0, 0, last, last, 0, last // 2], [0, last, 0, last, last // 2, 1]
+  literal = deconv.project_units(model, variables, images, layer, image, channel, y, x,
+                                 chunk_size=chunk_size)
+  gradient = deconv.project_units(model, variables, images, layer, image, channel, y, x,
+                                  method='gradient', chunk_size=chunk_size)
+  scale = float(jnp.abs(gradient).max())
+  assert scale > 0 and literal.shape == (6, 224, 224, 3)
+  np.testing.assert_allclose(literal, gradient, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize('kernel,stride,cin,cout,size', [
+    (7, 2, 3, 12, 9),    # conv1's shape: patches channel-major, adds along columns
+    (5, 2, 16, 24, 4),   # conv2's: patches channel-last, adds along channels
+    (3, 1, 24, 16, 3)])  # conv3-5's
+def test_gemm_overlap_add_equals_transpose_conv(kernel, stride, cin, cout, size):
+  rng = np.random.default_rng(0)
+  signal = jnp.asarray(rng.standard_normal((3, size, size + 1, cout)), jnp.float32)
+  weights = jnp.asarray(rng.standard_normal((kernel, kernel, cin, cout)), jnp.float32)
+  record = architecture.Conv('conv', cout, kernel, stride)
+  expected = deconv.transpose_conv(signal, weights, record)
+  actual = jax.jit(deconv._transpose_conv_batch, static_argnums=2)(signal, weights, stride)
+  assert actual.shape == expected.shape == (3, (size - 1) * stride + kernel,
+                                            size * stride + kernel, cin)
+  np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5 * float(
+      jnp.abs(expected).max()))
+
+
 def test_strongest_ties_go_to_the_first_in_row_major_order():
   feature_map = jnp.zeros((1, 4, 5, 2)).at[0, 1, 3, 0].set(2.0).at[0, 2, 1, 0].set(2.0)
   units = deconv.strongest(feature_map, jnp.array([0, 1]))

@@ -314,14 +314,15 @@ def test_mistakes_exit_2_with_one_line_and_leave_no_site(digits_smoke_run, tmp_p
 
 
 def test_dataset_not_here_exits_2(tmp_path, capsys):
-  """A 224x224 net whose dataset (imagenet2012) is not here: no sample-photo stand-in."""
+  """A net whose dataset (imagenet2012) is not here: no sample-photo stand-in."""
   from zfjax.configs import zfnet  # pylint: disable=import-outside-toplevel
   from zfjax import checkpoints  # pylint: disable=import-outside-toplevel
   config = zfnet.get_config()
-  config.update(conv_features=(4, 4, 4, 4, 4), fc_features=(8, 8),
+  config.update(model='small_zfnet', image_size=32, resize_size=36,
+                conv_features=(4, 4, 4, 4, 4), fc_features=(8, 8),
                 data_dir=str(tmp_path / 'no_data'))
   model = models.from_config(config, 10)
-  params = model.init(jax.random.key(0), np.zeros((1, 224, 224, 3), np.float32))['params']
+  params = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))['params']
   manager = checkpoints.create_manager(tmp_path / 'net' / 'checkpoints', async_save=False)
   checkpoints.save(manager, 1, {'params': params}, config=config)
   manager.wait_until_finished()

@@ -294,3 +294,25 @@ def test_projections_equal_project_units_on_the_same_units(model, variables, fou
   np.testing.assert_allclose(pasted, expected, atol=1e-5 * scale)
   np.testing.assert_array_equal(patches.valid, topk.crops(
       model, result, gathered, layer, channels=channels).valid)
+
+
+@pytest.mark.parametrize('rule', ['deconvnet', 'guided'])
+def test_projecting_several_layers_from_shared_forward_passes(model, variables, found, rule):
+  """project_layers (one forward pass per group of images, windows only) equals project."""
+  images, results = found
+  layers = ('conv1', 'conv5')
+  gathered = topk.gather_images(in_batches(images, 4), [results[name] for name in layers])
+  wanted = {name: (results[name], np.broadcast_to(
+      np.arange(results[name].example.shape[0])[:, None], results[name].example.shape))
+            for name in layers}
+  shared = topk.project_layers(model, variables, wanted, gathered, rule=rule,
+                               images_per_call=3, units_per_call=8)
+  for name in layers:
+    expected = topk.project(model, variables, results[name], gathered, name, rule=rule)
+    scale = float(np.abs(expected.pixels).max())
+    assert scale > 0 and shared[name].pixels.shape == expected.pixels.shape
+    np.testing.assert_allclose(shared[name].pixels, expected.pixels, atol=1e-6 * scale)
+    np.testing.assert_array_equal(shared[name].valid, expected.valid)
+  cache = deconv.forward_cache(model, variables, jnp.asarray(images[:2]), ['conv1'])
+  with pytest.raises(ValueError, match="no 'conv5'"):
+    deconv.project_cached(model, variables, cache, 'conv5', [0], [0], [0], [0])

@@ -10,7 +10,7 @@ Semantics and the choices the paper leaves open: docs/analyses.md (zfjax.deconv)
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +24,9 @@ Array = jax.Array
 
 RULES = ('deconvnet', 'guided', 'backprop')
 METHODS = ('literal', 'gradient')
+# Units per batch of the literal method: its GEMMs' patches (~8 MB a unit from conv5) then
+# stay near the caches; 64 at once ran ~20% slower on a 2-core CPU (8 to 16 were best).
+LITERAL_BATCH = 16
 
 
 class Units(NamedTuple):
@@ -54,7 +57,8 @@ def project(model: models.ConvNet, variables, images: Array, layer: str, channel
     channels: (K,) channel indices of that layer.
     rule: 'deconvnet' | 'guided' | 'backprop'.
     method: 'literal' | 'gradient' (same numbers; literal is faster).
-    chunk_size: units projected at once (bounds memory).
+    chunk_size: units projected at once (bounds memory); the literal method takes at
+      most LITERAL_BATCH at once.
   Returns:
     (N, K, H, W, 3): image n, channel channels[k]: the projection of the channel's
     largest activation in image n (ties: first in row-major order). An all-zero channel
@@ -110,26 +114,29 @@ def switches(x: Array, record: Pool) -> Array:
 
   For each output of max pool `record` over the NHWC map x, the position of its
   window's maximum inside the window, dy * window + dx (ties: first in row-major
-  order). Same shape as the pool's output, int32."""
+  order). Same shape as the pool's output, int32.
+
+  Each window position's cells are one strided slice of x (padded with -inf over the
+  overhang); the switch is the first position whose cell equals the window's maximum.
+  (Elementwise work that XLA fuses: a reduce_window over (value, index) pairs, the same
+  numbers, ran 3-8x slower on CPUs.)"""
   n, height, width, c = x.shape
   k, s = record.window, record.stride
   pad_h = architecture.pool_overhang(height, k, s, record.ceil)
   pad_w = architecture.pool_overhang(width, k, s, record.ceil)
-  index = lax.broadcasted_iota(jnp.int32, x.shape, 1) * width + lax.broadcasted_iota(
-      jnp.int32, x.shape, 2)
+  padded = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), constant_values=-jnp.inf)
+  out_h, out_w = (height + pad_h - k) // s + 1, (width + pad_w - k) // s + 1
 
-  def first_max(a, b):
-    (value_a, index_a), (value_b, index_b) = a, b
-    take_a = (value_a > value_b) | ((value_a == value_b) & (index_a < index_b))
-    return jnp.where(take_a, value_a, value_b), jnp.where(take_a, index_a, index_b)
+  def cells(position):
+    dy, dx = divmod(position, k)
+    return lax.slice(padded, (0, dy, dx, 0),
+                     (n, dy + (out_h - 1) * s + 1, dx + (out_w - 1) * s + 1, c), (1, s, s, 1))
 
-  _, where = lax.reduce_window(
-      (x, index), (jnp.array(-jnp.inf, x.dtype), jnp.array(np.iinfo(np.int32).max)),
-      first_max, (1, k, k, 1), (1, s, s, 1), ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
-  out_h, out_w = where.shape[1:3]
-  dy = where // width - s * jnp.arange(out_h)[:, None, None]
-  dx = where % width - s * jnp.arange(out_w)[None, :, None]
-  return dy * k + dx
+  best = functools.reduce(jnp.maximum, [cells(p) for p in range(k * k)])
+  where = jnp.zeros(best.shape, jnp.int32)
+  for position in reversed(range(k * k)):
+    where = jnp.where(cells(position) == best, position, where)
+  return where
 
 
 def unpool(signal: Array, where: Array, record: Pool) -> Array:
@@ -238,51 +245,82 @@ def _project_units(model, variables, images, image, channel, y, x, *, layer, rul
 
 
 # ------------------------------------------------------------- literal, in the cone
+# The chain runs on a batch of B units at once: the signal is (B, h, w, C), the units'
+# windows at one layer. A transposed convolution is one GEMM of the signal (B*h*w, Cout)
+# against the kernels (Cout, k*k*Cin), giving every cell's kernel patch, and an overlap-add
+# of those patches (docs/analyses.md).
 
 
-def _literal_units(model, variables, maps, where, units, layer, rule, chunk_size):
-  """The deconvnet chain for each unit, restricted to its windows (docs/analyses.md)."""
+def _literal_units(model, variables, maps, where, units, layer, rule, chunk_size,
+                   place=True):
+  """The deconvnet chain for each unit, restricted to its windows (docs/analyses.md).
+
+  (M, H, W, 3) projections on zero images; place=False: (M, S, S, 3), the input window."""
   spec, params = model.spec, variables['params']
   levels = architecture.windows(spec, layer)  # [(name, Window)], layer ... 'input'
   unit_positions = maps[layer].shape[1:3]
-  # Cached arrays, padded so that every unit's window slices without clamping.
+  sizes = {name: maps[name].shape[1:3] for name, _ in levels}
+  # Cached arrays, padded so that every unit's window slices without clamping. Switches
+  # are padded with -1, which no cell matches: unpooling drops the signal outside the map.
   padded = {}
-  needed = _needed_caches(spec, levels, rule)
   for name, window in levels:
-    lo, hi = _padding(window, unit_positions, maps[name].shape[1:3])
-    if (name, 'switch') in needed:
-      padded[name, 'switch'] = _pad_spatial(where[name], lo, hi)
-    if (name, 'map') in needed:
-      padded[name, 'map'] = _pad_spatial(maps[name], lo, hi)
+    lo_hi = _padding(window, unit_positions, sizes[name])
+    if (name, 'switch') in _needed_caches(spec, levels, rule):
+      padded[name, 'switch'] = _pad_spatial(where[name], *lo_hi, value=-1)
+    if (name, 'map') in _needed_caches(spec, levels, rule):
+      padded[name, 'map'] = _pad_spatial(maps[name], *lo_hi)
+  masked = _masked_levels(spec, levels)
 
-  def one_unit(unit):
-    n, c, y, x, value = unit
+  def chain(batch):
+    n, c, y, x, value = batch
     depth = maps[layer].shape[-1]
-    signal = jnp.zeros((1, 1, 1, depth), maps[layer].dtype).at[0, 0, 0, c].set(value)
+    signal = (jax.nn.one_hot(c, depth, dtype=value.dtype) * value[:, None])[:, None, None]
     for (out_name, out_window), (in_name, in_window) in zip(levels, levels[1:]):
       record = architecture.layer(spec, out_name)
-      start_out = _window_start(out_window, y, x, unit_positions, maps[out_name].shape[1:3])
+      start_out = _window_start(out_window, y, x, unit_positions, sizes[out_name])
       if isinstance(record, Conv):
         if rule != 'deconvnet':
-          forward = _slice(padded[out_name, 'map'], n, start_out, out_window.size)
+          forward = _windows(padded[out_name, 'map'], n, start_out, out_window.size)
           signal = signal * (forward > 0)
         if rule != 'backprop':
           signal = jax.nn.relu(signal)
-        signal = transpose_conv(signal, params[out_name]['kernel'].astype(signal.dtype),
-                                record)
+        signal = _transpose_conv_batch(
+            signal, params[out_name]['kernel'].astype(signal.dtype), record.stride)
       elif isinstance(record, Pool):
-        chosen = _slice(padded[out_name, 'switch'], n, start_out, out_window.size)
+        chosen = _windows(padded[out_name, 'switch'], n, start_out, out_window.size)
         signal = unpool(signal, chosen, record)
       elif isinstance(record, Norm) and rule != 'deconvnet':
-        start_in = _window_start(in_window, y, x, unit_positions, maps[in_name].shape[1:3])
-        forward_in = _slice(padded[in_name, 'map'], n, start_in, in_window.size)
+        start_in = _window_start(in_window, y, x, unit_positions, sizes[in_name])
+        forward_in = _windows(padded[in_name, 'map'], n, start_in, in_window.size)
         _, normalize_vjp = jax.vjp(lambda t, r=record: model.normalize(t, r), forward_in)
         signal, = normalize_vjp(signal)
-      signal = signal * _valid(in_window, y, x, maps[in_name].shape[1:3])
-    window = levels[-1][1]
-    return _place(signal[0], window.start(y), window.start(x), maps['input'].shape[1:3])
+      if in_name in masked:
+        signal = signal * _valid(in_window, y, x, sizes[in_name])
+    # (B, 3, size, size): conv1's overlap-add writes each colour's rows whole.
+    return signal.transpose(0, 3, 1, 2)
 
-  return lax.map(one_unit, tuple(units), batch_size=chunk_size)
+  pixels = _in_chunks(chain, tuple(units), min(chunk_size, LITERAL_BATCH))
+  if not place:
+    return pixels.transpose(0, 2, 3, 1)
+  window = levels[-1][1]
+  on_image = functools.partial(_place, image_size=sizes['input'])
+  return jax.vmap(on_image)(pixels, window.start(units.y), window.start(units.x))
+
+
+def _masked_levels(spec, levels) -> set:
+  """The windows whose cells outside the map must be zeroed.
+
+  Those that a transposed convolution writes and another one reads next (through
+  normalizations, pointwise in space). Elsewhere nothing has to be done: unpooling drops
+  what lies outside its map (padded switches) and routes nothing to a pool's overhang, and
+  the pixels are cut to the image."""
+  kinds = [type(architecture.layer(spec, name)) for name, _ in levels[:-1]] + [None]
+  masked = set()
+  for i, (name, _) in enumerate(levels[1:], start=1):
+    below = next((kind for kind in kinds[i:] if kind is not Norm), None)
+    if kinds[i - 1] is Conv and below is Conv:
+      masked.add(name)
+  return masked
 
 
 def _needed_caches(spec, levels, rule) -> set:
@@ -306,8 +344,8 @@ def _padding(window, unit_positions, map_size):
   return lo, hi
 
 
-def _pad_spatial(x, lo, hi):
-  return jnp.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
+def _pad_spatial(x, lo, hi, value=0):
+  return jnp.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)), constant_values=value)
 
 
 def _window_start(window, y, x, unit_positions, map_size):
@@ -315,30 +353,173 @@ def _window_start(window, y, x, unit_positions, map_size):
   return window.start(y) + lo, window.start(x) + lo
 
 
-def _slice(padded, n, start, size):
-  """(1, size, size, C) window of image n of a padded cache at padded coordinates."""
-  return lax.dynamic_slice(padded, (n, start[0], start[1], 0),
-                           (1, size, size, padded.shape[-1]))
+def _windows(padded, n, start, size):
+  """(B, size, size, C): unit b's window of image n[b] of a padded cache.
+
+  A loop of slices, not a vmapped slice: XLA would fuse that gather into its consumers
+  and repeat it there (nine times in an unpooling)."""
+  def one(unit):
+    i, row, col = unit
+    return lax.dynamic_slice(padded, (i, row, col, 0), (1, size, size, padded.shape[-1]))[0]
+  return lax.map(one, (n, *start))
 
 
 def _valid(window, y, x, map_size):
-  """1 where the window's cells lie inside the map, 0 on padding and overhang."""
-  rows = window.start(y) + jnp.arange(window.size)
-  cols = window.start(x) + jnp.arange(window.size)
-  inside = (((rows >= 0) & (rows < map_size[0]))[:, None]
-            & ((cols >= 0) & (cols < map_size[1]))[None, :])
-  return inside[None, :, :, None]
+  """(B, size, size, 1): 1 where unit b's window lies inside the map, else 0.
+
+  0 on padding and on a ceil-mode pool's overhang."""
+  rows = window.start(y)[:, None] + jnp.arange(window.size)
+  cols = window.start(x)[:, None] + jnp.arange(window.size)
+  inside = (((rows >= 0) & (rows < map_size[0]))[:, :, None]
+            & ((cols >= 0) & (cols < map_size[1]))[:, None, :])
+  return inside[..., None]
+
+
+def _transpose_conv_batch(signal, kernel, stride):
+  """`transpose_conv` of a (B, h, w, Cout) signal, as a GEMM and an overlap-add.
+
+  The GEMM gives each cell's kernel patches, kernel[dy, dx] @ signal[b, i, j]; the
+  overlap-add puts patch (dy, dx) at (i * stride + dy, j * stride + dx). The adds run along
+  the patches' minor axis: channels when there are many, columns when there are few (the
+  3 colours of conv1), so the GEMM writes the patches in that order."""
+  k, _, cin, cout = kernel.shape
+  b, h, w, _ = signal.shape
+  kernels, rows = kernel.reshape(k * k * cin, cout), signal.reshape(b * h * w, cout)
+  if cin >= _CHANNELS_MINOR:
+    patches = jnp.dot(rows, kernels.T, precision=lax.Precision.HIGHEST)
+    patches = patches.reshape(b, h, w, k, k, cin)
+    return _overlap_add(lambda dy, dx: patches[:, :, :, dy, dx], k, stride, axis=1)
+  patches = jnp.dot(kernels, rows.T, precision=lax.Precision.HIGHEST)
+  patches = patches.reshape(k, k, cin, b, h, w)
+  return _overlap_add(lambda dy, dx: patches[dy, dx], k, stride, axis=2).transpose(1, 2, 3, 0)
+
+
+_CHANNELS_MINOR = 16  # Cin from which the overlap-add runs along channels
+
+
+def _overlap_add(tap, k, stride, axis):
+  """The taps of a k x k kernel added at their places.
+
+  tap(dy, dx) is an array with spatial axes (axis, axis + 1), (h, w); its cell (i, j) goes
+  to (i * stride + dy, j * stride + dx), and values that meet add: the result has
+  ((h - 1) * stride + k, (w - 1) * stride + k) there. Computed one output phase (rows
+  ry mod stride, columns rx mod stride) at a time, each a sum of shifted taps with no
+  interleaved zeros; the phases then interleave."""
+  shape = tap(0, 0).shape
+  h, w = shape[axis:axis + 2]
+  reach = -(-k // stride)  # taps per phase and axis, at most
+  rows = []
+  for ry in range(stride):
+    phases = []
+    for rx in range(stride):
+      terms = []
+      for dy in range(ry, k, stride):
+        for dx in range(rx, k, stride):
+          pad = [(0, 0)] * len(shape)
+          pad[axis] = (dy // stride, reach - 1 - dy // stride)
+          pad[axis + 1] = (dx // stride, reach - 1 - dx // stride)
+          terms.append(jnp.pad(tap(dy, dx), pad))
+      phases.append(functools.reduce(jnp.add, terms))
+    rows.append(jnp.stack(phases, axis=axis + 2))
+  out = jnp.stack(rows, axis=axis + 1)  # (..., M, stride, N, stride, ...)
+  m, n = h + reach - 1, w + reach - 1
+  out = out.reshape(*shape[:axis], m * stride, n * stride, *shape[axis + 2:])
+  return lax.slice_in_dim(lax.slice_in_dim(out, 0, (h - 1) * stride + k, axis=axis), 0,
+                          (w - 1) * stride + k, axis=axis + 1)
+
+
+def _in_chunks(fn, xs, size):
+  """fn, which takes a batch, over the leading axis of xs in batches of at most `size`."""
+  total = xs[0].shape[0]
+  full = total - total % size
+  outs = []
+  if full:
+    chunks = jax.tree.map(lambda a: a[:full].reshape(full // size, size, *a.shape[1:]), xs)
+    out = lax.map(fn, chunks)
+    outs.append(out.reshape(full, *out.shape[2:]))
+  if full < total:
+    outs.append(fn(jax.tree.map(lambda a: a[full:], xs)))
+  return outs[0] if len(outs) == 1 else jnp.concatenate(outs)
 
 
 def _place(window_values, row, col, image_size):
-  """A (s, s, 3) window whose top-left pixel is (row, col), on a zero image.
+  """A (3, s, s) window whose top-left pixel is (row, col), on a zero (H, W, 3) image.
 
   A slice of the window padded by the image size (a vmapped slice; an update-slice would
   scatter)."""
   height, width = image_size
-  padded = jnp.pad(window_values, ((height, height), (width, width), (0, 0)))
-  return lax.dynamic_slice(padded, (height - row, width - col, 0),
-                           (height, width, window_values.shape[-1]))
+  padded = jnp.pad(window_values, ((0, 0), (height, height), (width, width)))
+  return lax.dynamic_slice(padded, (0, height - row, width - col),
+                           (window_values.shape[0], height, width)).transpose(1, 2, 0)
+
+# --------------------------------------------------- one forward pass, many projections
+
+
+class Cache(NamedTuple):
+  """What projecting units of some layers needs from one forward pass of a batch.
+
+  images: the batch (N, H, W, 3); maps: {name: (N, h, w, C)} the post-ReLU maps those
+  projections read (each layer's own, for its units' values, and what the rule needs);
+  switches: {pool name: switches} of the pools below them."""
+  images: Array
+  maps: dict
+  switches: dict
+
+
+def forward_cache(model: models.ConvNet, variables, images: Array, layers: Sequence[str],
+                  rule: str = 'deconvnet') -> Cache:
+  """One forward pass of `images` up to the highest of `layers`, kept for `project_cached`.
+
+  Holds only what the projections of those layers' units with `rule` read."""
+  layers = tuple(dict.fromkeys(layers))
+  for layer in layers:
+    _check(model, images, layer, [], rule, 'literal')
+  return _cache(model, variables, images, layers=layers, rule=rule)
+
+
+def project_cached(model: models.ConvNet, variables, cache: Cache, layer: str, image,
+                   channel, y, x, rule: str = 'deconvnet', chunk_size: int = 64) -> Array:
+  """`project_units` from a `forward_cache`, each projection cut to its window.
+
+  Unit m is (image[m], channel[m], y[m], x[m]) of `layer`'s post-ReLU map, seeded with
+  its value in the cache. Returns (M, S, S, 3): the projection inside the window of the
+  input that the unit's cone spans (`architecture.windows(spec, layer)[-1]`, top-left at
+  window.start(y), window.start(x); cells outside the image are zero), which is where
+  `project_units`'s full-size projection is nonzero."""
+  if layer not in cache.maps:
+    raise ValueError(f'the cache holds no {layer!r}: make it with forward_cache(..., '
+                     f'layers=[..., {layer!r}])')
+  image, channel, y, x = (jnp.asarray(a, jnp.int32).reshape(-1) for a in (image, channel,
+                                                                          y, x))
+  return _project_cached(model, variables, cache, image, channel, y, x, layer=layer,
+                         rule=rule, chunk_size=chunk_size)
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'layers', 'rule'))
+def _cache(model, variables, images, *, layers, rule):
+  names = architecture.layer_names(model.spec)
+  maps, where = _forward_cache(model, variables, images, max(layers, key=names.index))
+  keep_maps, keep_switches = set(layers), set()
+  for layer in layers:
+    for name, kind in _needed_caches(model.spec, architecture.windows(model.spec, layer),
+                                     rule):
+      (keep_maps if kind == 'map' else keep_switches).add(name)
+  return Cache(images, {n: maps[n] for n in keep_maps if n != 'input'},
+               {n: where[n] for n in keep_switches})
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'layer', 'rule', 'chunk_size'))
+def _project_cached(model, variables, cache, image, channel, y, x, *, layer, rule,
+                    chunk_size):
+  images = cache.images
+  shapes = architecture.shapes(model.spec, images.shape[1:])
+  maps = {name: jax.ShapeDtypeStruct((images.shape[0], *shape), images.dtype)
+          for name, shape in shapes.items()}
+  maps.update(cache.maps, input=images)
+  value = cache.maps[layer][image, y, x, channel]
+  units = Units(image, channel, y, x, value)
+  return _literal_units(model, variables, maps, cache.switches, units, layer, rule,
+                        chunk_size, place=False)
 
 
 # --------------------------------------------------------------- gradient formulation
@@ -372,7 +553,11 @@ _normalize_passthrough.defvjp(
 
 
 def rule_model(model: models.ConvNet, rule: str) -> models.ConvNet:
-  """The same module whose backward pass is the rule's: its gradient is the projection."""
+  """The same module whose backward pass is the rule's: its gradient is the projection.
+
+  Its convolutions are lax's own, so the forward values (and the switches that near-ties
+  decide) are those of the literal method's forward pass."""
+  model = model.clone(convolution=lax.conv_general_dilated)
   if rule == 'deconvnet':
     return model.clone(relu=_relu_deconvnet, normalize=_normalize_passthrough)
   if rule == 'guided':

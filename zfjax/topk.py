@@ -309,6 +309,53 @@ def project_entries(model: models.ConvNet, variables, entries: TopK, channel, im
   return geometry._replace(pixels=pixels.reshape(*shape, *pixels.shape[1:]))
 
 
+def project_layers(model: models.ConvNet, variables, wanted: dict, images: Images,
+                   rule: str = 'deconvnet', images_per_call: int = 32,
+                   units_per_call: int = 64) -> dict:
+  """Projections of entries of several layers, each image's forward pass shared by all.
+
+  `wanted`: {layer: (entries, channel)}, entries a TopK of any shape and channel of the
+  same shape (as `project_entries`). Images are taken `images_per_call` at a time (sorted,
+  padded to that many): one forward pass (`deconv.forward_cache`) up to the highest layer
+  asked for, then every entry of every layer on those images in calls of
+  `units_per_call` (`deconv.project_cached`, each projection computed only on its
+  window). Returns {layer: Patches} with NumPy pixels, equal to `project_entries`'s."""
+  layers = tuple(wanted)
+  if not layers:
+    return {}
+  geometry, flat = {}, {}
+  for layer, (entries, channel) in wanted.items():
+    geometry[layer] = _geometry(model.spec, layer, entries, images)
+    example = np.asarray(entries.example).reshape(-1)
+    rows = np.asarray(_rows(images, example))
+    flat[layer] = (np.asarray(channel, np.int32).reshape(-1), np.flatnonzero(example >= 0),
+                   rows, *(np.asarray(a).reshape(-1) for a in (entries.y, entries.x)))
+  pixels = {layer: np.zeros((flat[layer][2].size, *geometry[layer].valid.shape[-2:],
+                             images.image.shape[-1]), np.float32) for layer in layers}
+  needed = np.unique(np.concatenate([flat[layer][2][flat[layer][1]] for layer in layers]))
+  for start in range(0, needed.size, images_per_call):
+    group = needed[start:start + images_per_call]
+    cache = deconv.forward_cache(model, variables, images.image[_pad_to(group, images_per_call)],
+                                 layers, rule=rule)
+    for layer in layers:
+      channel, filled, rows, y, x = flat[layer]
+      chosen = filled[np.isin(rows[filled], group)]
+      for first in range(0, chosen.size, units_per_call):
+        part = chosen[first:first + units_per_call]
+        unit = lambda a, part=part: _pad_to(a[part], units_per_call)
+        windows = deconv.project_cached(
+            model, variables, cache, layer, unit(np.searchsorted(group, rows)), unit(channel),
+            unit(y), unit(x), rule=rule, chunk_size=units_per_call)
+        pixels[layer][part] = np.asarray(windows)[:part.size]
+  out = {}
+  for layer in layers:
+    shape = np.shape(wanted[layer][0].example)
+    valid = np.asarray(geometry[layer].valid)
+    shaped = pixels[layer].reshape(*shape, *pixels[layer].shape[1:])
+    out[layer] = geometry[layer]._replace(pixels=np.where(valid[..., None], shaped, 0.0))
+  return out
+
+
 def paste(patches: Patches, image_shape: Sequence[int]) -> Array:
   """Patches back on zero canvases of `image_shape` (H, W, 3): (C, k, H, W, 3).
 

@@ -51,7 +51,7 @@ from zfjax.report import plots
 from zfjax.report import strongest
 
 MARKER = 'microscope.json'  # a folder holding this file is a site this module may replace
-CHUNK = 256  # entries cut and projected at once (bounds memory)
+CHUNK = 256  # entries cut at once (bounds memory)
 
 
 class Site(NamedTuple):
@@ -245,8 +245,8 @@ def second_pass(net: loading.Loaded, variables, data: examples.ImageSet,
     here = topk.Images(jnp.asarray(numbers, jnp.int32), jnp.asarray(images))
     shown = topk.Images(here.example, jnp.asarray(net.to_display(images), jnp.float32))
     for name in convs:
-      _fill(net, variables, found[name], name, here, shown, out[name], rule, gray,
-            first_only)
+      _crops(net, found[name], name, shown, out[name], first_only)
+    _projections(net, variables, found, convs, here, out, rule, gray, first_only)
     take = np.isin(numbers, wanted_thumbs)
     if take.any():
       small = pictures.tiles(np.asarray(shown.image)[take] / 255.0, tile)
@@ -264,23 +264,25 @@ def _empty_tiles(net, result: unit_survey.Survey, layer: str, tile: int,
   return LayerTiles(blank(), blank(), blank(), None)
 
 
-def _fill(net, variables, result: unit_survey.Survey, layer: str, here: topk.Images,
-          shown: topk.Images, tiles: LayerTiles, rule: str, gray: bool,
-          first_only: bool) -> None:
-  """Writes the crops and projections of the entries whose images are in this batch.
+def _in_batch(entries: topk.TopK, numbers: np.ndarray) -> tuple:
+  """(channel, column) of the entries whose example is among `numbers`, sorted by image."""
+  example = np.asarray(entries.example)
+  channel, column = np.nonzero(np.isin(example, numbers))
+  order = np.argsort(example[channel, column], kind='stable')
+  return channel[order], column[order]
 
-  In chunks of at most CHUNK entries, sorted by image, so memory stays bounded whatever
-  the layer's width and a chunk's projections share their forward passes."""
+
+def _crops(net, result: unit_survey.Survey, layer: str, shown: topk.Images,
+           tiles: LayerTiles, first_only: bool) -> None:
+  """Cuts the crops of the entries whose images are in this batch into their tiles.
+
+  In chunks of CHUNK entries (one compiled shape; memory bounded whatever the width)."""
   size = tiles.top_crop.shape[-2]
-  numbers = np.asarray(here.example)
-  kinds = [(result.top, tiles.top_crop, True)]
+  kinds = [(result.top, tiles.top_crop)]
   if not first_only:
-    kinds.append((result.bottom, tiles.bottom_crop, False))
-  for entries, crop_tiles, project in kinds:
-    example = np.asarray(entries.example)
-    channel, column = np.nonzero(np.isin(example, numbers))
-    order = np.argsort(example[channel, column], kind='stable')
-    channel, column = channel[order], column[order]
+    kinds.append((result.bottom, tiles.bottom_crop))
+  for entries, crop_tiles in kinds:
+    channel, column = _in_batch(entries, np.asarray(shown.example))
     for start in range(0, channel.size, CHUNK):
       where = (channel[start:start + CHUNK], column[start:start + CHUNK])
       picked = _padded(topk.TopK(*(np.asarray(a)[where] for a in entries)), CHUNK)
@@ -289,25 +291,28 @@ def _fill(net, variables, result: unit_survey.Survey, layer: str, here: topk.Ima
       pixels = np.clip(np.asarray(crops.pixels)[:count] / 255.0, 0, 1)
       crop_tiles[where] = pictures.tiles(
           plots.blank_outside(pixels, np.asarray(crops.valid)[:count]), size)
-      if project:
-        _project(net, variables, entries, where, here, layer, rule, gray, first_only,
-                 tiles.top_projection, size)
 
 
-def _project(net, variables, entries: topk.TopK, where: tuple, here: topk.Images,
-             layer: str, rule: str, gray: bool, first_only: bool, out: np.ndarray,
-             size: int) -> None:
-  """The deconvnet projections of entries `where` (only each unit's first: first_only)."""
-  if first_only:
-    where = tuple(a[where[1] == 0] for a in where)
-  if not where[0].size:
-    return
-  picked = topk.TopK(*(np.asarray(a)[where] for a in entries))
-  projected = topk.project_entries(net.model, variables, picked, where[0], here, layer,
-                                   rule=rule)
-  shown = plots.blank_outside(plots.signed_to_display(projected.pixels, gray=gray),
-                              np.asarray(projected.valid))
-  out[where] = pictures.tiles(shown, size)
+def _projections(net, variables, found: dict, layers: Sequence[str], here: topk.Images,
+                 tiles: dict, rule: str, gray: bool, first_only: bool) -> None:
+  """Projects the top entries whose images are in this batch into their tiles.
+
+  Every layer from one forward pass per group of images; `first_only`: each unit's
+  strongest entry only."""
+  wanted, places = {}, {}
+  for layer in layers:
+    where = _in_batch(found[layer].top, np.asarray(here.example))
+    if first_only:
+      where = tuple(a[where[1] == 0] for a in where)
+    if where[0].size:
+      wanted[layer] = (topk.TopK(*(np.asarray(a)[where] for a in found[layer].top)), where[0])
+      places[layer] = where
+  projected = topk.project_layers(net.model, variables, wanted, here, rule=rule)
+  for layer, patches in projected.items():
+    shown = plots.blank_outside(plots.signed_to_display(patches.pixels, gray=gray),
+                                np.asarray(patches.valid))
+    tiles[layer].top_projection[places[layer]] = pictures.tiles(
+        shown, tiles[layer].top_crop.shape[-2])
 
 
 def _padded(entries: topk.TopK, size: int) -> topk.TopK:

@@ -6,6 +6,7 @@ every entry of every channel of conv1..conv5.
     python benchmarks/top9.py                   # 512 images, 224x224, conv1..conv5
     python benchmarks/top9.py --quick           # 32 images, conv1 and conv5
     python benchmarks/top9.py --images 128 --batch_size 32 --layers conv2,conv5
+    python benchmarks/top9.py --per_layer       # topk.project layer by layer (the old way)
 
 ZFNet's conv layers (the paper's geometry and widths; the classifier is left out, it plays
 no part) with He-normal random weights so every layer is alive, on random images at the
@@ -43,7 +44,10 @@ def parse_args(argv=None):
   parser.add_argument('--layers', default=','.join(ALL_LAYERS))
   parser.add_argument('--k', type=int, default=9)
   parser.add_argument('--size', type=int, default=224, help='image height and width')
-  parser.add_argument('--images_per_call', type=int, default=16)
+  parser.add_argument('--images_per_call', type=int, default=32)
+  parser.add_argument('--per_layer', action='store_true',
+                      help='project layer by layer (topk.project: a forward pass per call) '
+                           'instead of all layers from shared forward passes')
   parser.add_argument('--units_per_call', type=int, default=64)
   parser.add_argument('--rule', default='deconvnet')
   parser.add_argument('--seed', type=int, default=0)
@@ -117,9 +121,12 @@ def run(args) -> dict:
     results, search_s, search_compile_s = timed(
         lambda: topk.search(model, variables, data(), args.layers, args.k), clock)
     images, gather_s, _ = timed(lambda: topk.gather_images(data(), results), clock)
-    for layer in args.layers:
-      rows.append(project_layer(model, variables, results[layer], images, layer, args,
-                                clock))
+    if args.per_layer:
+      for layer in args.layers:
+        rows.append(project_layer(model, variables, results[layer], images, layer, args,
+                                  clock))
+    else:
+      rows = project_all(model, variables, results, images, args, clock)
   project_s = sum(r['project_s'] for r in rows)
   crops_s = sum(r['crops_s'] for r in rows)
   return {
@@ -139,6 +146,34 @@ def run(args) -> dict:
       'peak_rss_mb': round(common.max_rss_mb(), 1),
       'peak_rss_delta_mb': round(memory.peak_delta_mb, 1),
       'per_layer': rows, 'env': common.environment()}
+
+
+def project_all(model, variables, results, images, args, clock) -> list:
+  """Every layer's projections at once, then each layer's crops.
+
+  `topk.project_layers`: one forward pass per group of images serves all layers; timed as
+  a whole (reported on the first layer's row)."""
+  wanted = {layer: (results[layer], np.broadcast_to(
+      np.arange(results[layer].example.shape[0])[:, None], results[layer].example.shape))
+            for layer in args.layers}
+  projections, project_s, compile_s = timed(lambda: topk.project_layers(
+      model, variables, wanted, images, rule=args.rule,
+      images_per_call=args.images_per_call, units_per_call=args.units_per_call), clock)
+  rows = []
+  for i, layer in enumerate(args.layers):
+    patches, crops_s, _ = timed(lambda layer=layer: topk.crops(model, results[layer], images,
+                                                              layer), clock)
+    example = np.asarray(results[layer].example)
+    rows.append({'layer': layer, 'channels': int(example.shape[0]),
+                 'entries': int((example >= 0).sum()),
+                 'unique_images': int(np.unique(example[example >= 0]).size),
+                 'patch': int(patches.pixels.shape[2]),
+                 'patches_mb': round((projections[layer].pixels.nbytes +
+                                      patches.pixels.nbytes) / 2**20, 1),
+                 'project_s': round(project_s, 3) if i == 0 else 0.0,
+                 'project_compile_s': round(compile_s, 3) if i == 0 else 0.0,
+                 'crops_s': round(crops_s, 3)})
+  return rows
 
 
 def project_layer(model, variables, result, images, layer, args, clock) -> dict:

@@ -34,11 +34,11 @@ def distinct(shape, seed=0):
 # ----------------------------------------------------------------------------- max pool
 
 POOLS = [  # (height, width, window, stride, padding)
-    (110, 110, 3, 2, ((0, 1), (0, 1))),   # ZFNet's pool1 (ceil mode)
+    pytest.param(110, 110, 3, 2, ((0, 1), (0, 1)), marks=pytest.mark.slow),  # ZFNet's pool1
     (13, 13, 3, 2, ((0, 0), (0, 0))),
-    (8, 9, 2, 2, ((0, 0), (0, 1))),
+    pytest.param(8, 9, 2, 2, ((0, 0), (0, 1)), marks=pytest.mark.slow),
     (10, 7, 3, 3, ((1, 2), (0, 2))),
-    (11, 12, 5, 2, ((0, 0), (2, 1))),
+    pytest.param(11, 12, 5, 2, ((0, 0), (2, 1)), marks=pytest.mark.slow),
 ]
 
 
@@ -94,11 +94,11 @@ def test_max_pool_gradient_is_the_deconvnets_unpooling():
 CONVS = [  # (size, in, out, kernel, stride, padding)
     (37, 3, 8, 7, 2, ((1, 1), (1, 1))),     # ZFNet's conv1 geometry
     (23, 6, 8, 5, 2, ((0, 0), (0, 0))),     # ZFNet's conv2
-    (47, 3, 8, 11, 4, ((2, 2), (2, 2))),    # AlexNet's conv1
-    (13, 6, 8, 5, 1, ((2, 2), (2, 2))),     # AlexNet's conv2
-    (13, 6, 8, 3, 1, ((1, 1), (1, 1))),     # conv3..conv5
+    pytest.param(47, 3, 8, 11, 4, ((2, 2), (2, 2)), marks=pytest.mark.slow),  # AlexNet conv1
+    pytest.param(13, 6, 8, 5, 1, ((2, 2), (2, 2)), marks=pytest.mark.slow),   # AlexNet conv2
+    pytest.param(13, 6, 8, 3, 1, ((1, 1), (1, 1)), marks=pytest.mark.slow),   # conv3..conv5
     (17, 5, 4, 4, 3, ((1, 2), (0, 1))),     # uneven padding, a kernel the stride splits
-    (9, 5, 4, 1, 1, ((0, 0), (0, 0))),
+    pytest.param(9, 5, 4, 1, 1, ((0, 0), (0, 0)), marks=pytest.mark.slow),
 ]
 
 
@@ -136,6 +136,7 @@ def test_conv_other_calls_go_to_lax_unchanged():
     assert 'custom_jvp' not in jaxpr and 'platform_index' not in jaxpr
 
 
+@pytest.mark.slow  # the full tier (float32 is the default everywhere)
 def test_bfloat16_runs_and_stays_close():
   x = jax.random.normal(jax.random.key(0), (2, 23, 23, 6)).astype(jnp.bfloat16)
   k = (jax.random.normal(jax.random.key(1), (5, 5, 6, 8)) * 0.1).astype(jnp.bfloat16)
@@ -206,12 +207,14 @@ def test_zfnet_gradients_equal_the_plain_models():
   check_gradients_equal_plain(architecture.zfnet(5, **NARROW), 64)
 
 
+@pytest.mark.slow  # the full tier (ZFNet's gradients stay in the default one)
 def test_tie_windows_leave_the_parameter_gradients_unchanged():
   """Flat images: conv1's map is constant inside each flat area, its pool windows ties."""
   images = jnp.full((2, 64, 64, 3), 30.0).at[1, 20:40, 20:40].set(-30.0)
   check_gradients_equal_plain(architecture.zfnet(5, **NARROW), 64, images=images)
 
 
+@pytest.mark.slow  # the full tier (AlexNet's geometry; ZFNet's stays in the default one)
 def test_alexnet_gradients_equal_the_plain_models():
   """11x11/4 with padding, normalization before pooling, a 5x5 stride-1 conv2."""
   check_gradients_equal_plain(architecture.alexnet(5, **NARROW), 67)

@@ -198,6 +198,7 @@ def test_padded_map_runs_even_chunks(num, batch_size, chunk):
   assert mapped and all(shape[1] == chunk for shape in mapped), mapped
 
 
+@pytest.mark.slow  # the full tier (a 224x224 sweep)
 def test_distance_grows_with_translation_on_a_photo():
   model = models.ConvNet(SPEC)
   variables = alive_variables(model)

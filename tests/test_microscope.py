@@ -111,6 +111,7 @@ def test_most_negative_pre_activations_against_an_independent_convolution(net, d
     np.testing.assert_array_equal(found.bottom.x[c, :negative.size], where % columns)
 
 
+@pytest.mark.slow  # the full tier (the survey equals topk.search in the default one)
 def test_survey_does_not_depend_on_the_batching(net, data):
   images = images_of(data)
   mask = np.ones(IMAGES, bool)

@@ -236,6 +236,7 @@ APPROXIMATE = [{}, {'field_threshold': 1.0, 'winograd': True},  # 1.0 caps nothi
                {'field_threshold': 0.5, 'winograd': True}]
 
 
+@pytest.mark.slow  # the full tier: test_occlusion covers the default one
 @FEWER
 @given(geometry=occluders(), fill=st.floats(-100, 100, allow_nan=False),
        label=st.integers(0, 4), zero=st.booleans(), layer=st.sampled_from(CONVS),
@@ -289,6 +290,7 @@ def test_sensitivity_valid_inputs(geometry, fill, label, zero, layer, approximat
     assert (gap <= tolerance * (1 + np.abs(naive.logits).max())).all(), gap.max()
 
 
+@pytest.mark.slow  # full tier: test_occlusion holds Winograd to the naive maps by default
 @ONE  # + the explicit examples
 @given(geometry=occluders(), zero=st.booleans(), layer=st.sampled_from(CONVS))
 @example(geometry=(13, 9, 9, 11), zero=False, layer='conv5')

@@ -53,6 +53,7 @@ def golden():
   return reference.load(GOLDEN)
 
 
+@pytest.mark.slow  # full tier; the checked-in golden file is checked in the default one
 def test_fresh_file_passes_the_torch_check(fresh_file):
   result = run_checker(fresh_file)
   assert result.returncode == 0, result.stdout + result.stderr

@@ -296,7 +296,7 @@ def test_projections_equal_project_units_on_the_same_units(model, variables, fou
       model, result, gathered, layer, channels=channels).valid)
 
 
-@pytest.mark.parametrize('rule', ['deconvnet', 'guided'])
+@pytest.mark.parametrize('rule', ['deconvnet', pytest.param('guided', marks=pytest.mark.slow)])
 def test_projecting_several_layers_from_shared_forward_passes(model, variables, found, rule):
   """project_layers (one forward pass per group of images, windows only) equals project."""
   images, results = found

@@ -369,6 +369,7 @@ def test_each_figure_from_python_with_plain_arguments(workdir):
     report.occlusion(net, labels=10)
 
 
+@pytest.mark.slow  # the full tier (each figure from Python stays in the default one)
 def test_gallery_writes_pngs_json_and_index(workdir, tmp_path):
   out, logged = tmp_path / 'gallery', []
   written = report.gallery(str(workdir), out, max_examples=20, log=logged.append,

@@ -131,6 +131,7 @@ def assert_projections_close(actual, reference, channels, tolerance=TOLERANCE):
 # ------------------------------------------------------------------------- deconvnet
 
 
+@pytest.mark.slow  # the full tier; test_deconv and test_topk keep exact checks
 @FEW
 @given(height=st.sampled_from(SIZES), width=st.sampled_from(SIZES),
        batch=st.sampled_from((1, 3)), zero=st.booleans(), layer=st.sampled_from(CONVS),
@@ -389,6 +390,7 @@ def within_rounding(a, b):
   return bool(np.abs(a - b) <= 1e-5 + 1e-5 * np.abs(b))
 
 
+@pytest.mark.slow  # the full tier; test_deconv and test_topk keep exact checks
 @FEW
 @given(height=st.sampled_from(SIZES[:2]), width=st.sampled_from(SIZES[:2]),
        sizes=st.lists(st.sampled_from((1, 2, 3, 5)), min_size=1, max_size=3),

@@ -133,8 +133,9 @@ def test_survey_rejects_unknown_layers(net):
 SHARDED = """
 import pickle, sys
 import numpy as np
-from zfjax import survey
-model, variables, images = pickle.load(open(sys.argv[1], 'rb'))
+from zfjax import models, survey
+spec, variables, images = pickle.load(open(sys.argv[1], 'rb'))
+model = models.ConvNet(spec)
 found = survey.survey(model, variables, [images[:20], images[20:]], ('conv2', 'fc6'), k=3)
 out = {f'{layer}/{i}': np.asarray(leaf) for layer in found
        for i, leaf in enumerate(__import__('jax').tree.leaves(found[layer]))}
@@ -146,7 +147,7 @@ np.savez(sys.argv[2], **out)
 def test_survey_over_four_devices_equals_one(net, data, tmp_path):
   images = images_of(data)
   with open(tmp_path / 'inputs.pkl', 'wb') as f:
-    pickle.dump((net.model, jax.tree.map(np.asarray, net.variables), images), f)
+    pickle.dump((net.spec, jax.tree.map(np.asarray, net.variables), images), f)
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
              JAX_PLATFORMS='cpu')
   subprocess.run([sys.executable, '-c', SHARDED, str(tmp_path / 'inputs.pkl'),

@@ -36,7 +36,7 @@ from zfjax.report import microscope_pictures
 from zfjax.report import microscope_site
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-IMAGES = 40
+IMAGES = 24
 
 
 @pytest.fixture(scope='module')
@@ -55,7 +55,7 @@ def images_of(data) -> np.ndarray:
 
 @pytest.fixture(scope='module')
 def site(digits_smoke_run, tmp_path_factory):
-  """`visualize.py microscope` on the smoke workdir (checkpoints 2 and 4), 40 test digits."""
+  """`visualize.py microscope` on the smoke workdir (checkpoints 2 and 4), 24 test digits."""
   out = tmp_path_factory.mktemp('site') / 'microscope'
   assert visualize.main(['microscope', '--workdir', str(digits_smoke_run(0)), '--out',
                          str(out), '--max-examples', str(IMAGES)]) == 0

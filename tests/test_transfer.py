@@ -115,6 +115,7 @@ def test_svm_probe_scores_every_class():
 # ----------------------------------------------------------------------------- networks
 
 
+@pytest.mark.slow  # the full tier (training a head on real digits)
 def test_frozen_layers_stay_bitwise_and_the_head_learns_real_digits(source):
   images, labels = input_pipeline.digits_pool((5, 6, 7, 8, 9), source.resize_size)
   data = transfer_data.TransferData('digits', input_pipeline.center_crop_batch(images, 32), labels,

@@ -336,6 +336,7 @@ def test_mistakes_in_flags_and_output(workdir, tmp_path, capsys):
 # ------------------------------------------------------------------ from Python
 
 
+@pytest.mark.slow  # the full tier; each subcommand runs the same functions by default
 def test_each_figure_from_python_with_plain_arguments(workdir):
   """Every figure: a Figure and its numbers, from a path or a Loaded net and plain values."""
   net = loading.load(workdir)

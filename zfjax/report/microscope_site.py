@@ -65,16 +65,14 @@ class Site(NamedTuple):
 
 
 class LayerTiles(NamedTuple):
-  """One layer's pictures, uint8 RGB: conv crops/projections per entry, fc per example.
+  """One conv layer's pictures, uint8 RGB (C, k, T, T, 3), unit c's j-th entry at [c, j].
 
-  conv: top_projection, top_crop, bottom_crop (C, k, T, T, 3), evolution (S, C, 1 + k, T,
-  T, 3) per other checkpoint step (the strongest projection, then the top-k crops).
-  fc: thumbnails {example: (T, T, 3)} shared by all units (evolution: examples only).
+  A checkpoint's row (Fig. 4) keeps only each unit's strongest projection, (C, 1, T, T,
+  3), and no bottom crops. The fc layers' pictures are thumbnails per example instead.
   """
-  top_projection: Optional[np.ndarray]
-  top_crop: Optional[np.ndarray]
+  top_projection: np.ndarray
+  top_crop: np.ndarray
   bottom_crop: Optional[np.ndarray]
-  evolution: Optional[np.ndarray]
 
 
 def microscope(source: figures.Net, out: Union[str, os.PathLike], *,
@@ -260,8 +258,8 @@ def _empty_tiles(net, result: unit_survey.Survey, layer: str, tile: int,
   size = pictures.display_size(architecture.windows(net.spec, layer)[-1][1].size, tile)
   blank = lambda: np.zeros((channels, k, size, size, 3), np.uint8)
   if first_only:
-    return LayerTiles(np.zeros((channels, 1, size, size, 3), np.uint8), blank(), None, None)
-  return LayerTiles(blank(), blank(), blank(), None)
+    return LayerTiles(np.zeros((channels, 1, size, size, 3), np.uint8), blank(), None)
+  return LayerTiles(blank(), blank(), blank())
 
 
 def _in_batch(entries: topk.TopK, numbers: np.ndarray) -> tuple:

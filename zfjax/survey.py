@@ -93,9 +93,9 @@ def survey(model: models.ConvNet, variables, batches: Iterable,
   state = jax.device_put({name: _empty(widths[name], k) for name in layers}, replicated)
   seen, size = 0, 0
   for batch in batches:
-    images, mask = topk._unpack(batch)  # pylint: disable=protected-access
+    images, mask = topk.unpack_batch(batch)
     size = max(size, -(-images.shape[0] // devices) * devices)
-    images, mask = topk._pad_rows(images, mask, size)  # pylint: disable=protected-access
+    images, mask = topk.pad_batch(images, mask, size)
     state = _update(model, layers, replicated, variables, state,
                     jax.device_put(images, rows), jax.device_put(mask, rows),
                     jnp.asarray(seen, jnp.int32))

@@ -94,9 +94,9 @@ def search(model: models.ConvNet, variables, batches: Iterable, layers: Sequence
       {name: empty(_channels(model.spec, name), k) for name in layers}, replicated)
   seen, size = 0, 0
   for batch in batches:
-    images, mask = _unpack(batch)
+    images, mask = unpack_batch(batch)
     size = max(size, -(-images.shape[0] // devices) * devices)
-    images, mask = _pad_rows(images, mask, size)
+    images, mask = pad_batch(images, mask, size)
     state = _update(model, layers, replicated, variables, state,
                     jax.device_put(images, rows), jax.device_put(mask, rows),
                     jnp.asarray(seen, jnp.int32))
@@ -146,7 +146,7 @@ def _update(model, layers, replicated, variables, state, images, mask, offset):
   return lax.with_sharding_constraint(out, replicated)
 
 
-def _unpack(batch):
+def unpack_batch(batch):
   """(images, mask) of a batch: an array, or a dict with 'image' and optionally 'mask'."""
   if isinstance(batch, dict):
     if 'image' not in batch:
@@ -164,7 +164,7 @@ def _unpack(batch):
   return images, mask
 
 
-def _pad_rows(images, mask, size):
+def pad_batch(images, mask, size):
   """Pads a batch to `size` rows with zero images and mask False."""
   extra = size - images.shape[0]
   if not extra:
@@ -206,7 +206,7 @@ def gather_images(batches: Iterable, examples) -> Images:
   wanted = wanted[wanted >= 0]
   found, seen = None, 0
   for batch in batches if wanted.size else ():
-    images, mask = _unpack(batch)
+    images, mask = unpack_batch(batch)
     number = seen + np.cumsum(mask) - 1
     take = mask & np.isin(number, wanted)
     seen += int(mask.sum())

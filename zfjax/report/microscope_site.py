@@ -234,7 +234,7 @@ def second_pass(net: loading.Loaded, variables, data: examples.ImageSet,
   wanted_thumbs = wanted_thumbs[wanted_thumbs >= 0]
   thumbnails, seen = {}, 0
   for batch in data.batches():
-    images, mask = topk._unpack(batch)  # pylint: disable=protected-access
+    images, mask = topk.unpack_batch(batch)
     images = np.asarray(images)[mask]
     numbers = seen + np.arange(len(images))
     seen += len(images)

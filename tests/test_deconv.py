@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zfjax import architecture, deconv, models
+from zfjax import architecture, deconv, deconv_ops, models
 from testing_models import alive_variables, random_images
 
 # Full ZFNet conv geometry, narrow maps: fast, and the cones are the paper's.
@@ -125,7 +125,7 @@ def test_gemm_overlap_add_equals_transpose_conv(kernel, stride, cin, cout, size)
   weights = jnp.asarray(rng.standard_normal((kernel, kernel, cin, cout)), jnp.float32)
   record = architecture.Conv('conv', cout, kernel, stride)
   expected = deconv.transpose_conv(signal, weights, record)
-  actual = jax.jit(deconv._transpose_conv_batch, static_argnums=2)(signal, weights, stride)
+  actual = jax.jit(deconv_ops.transpose_conv_batch, static_argnums=2)(signal, weights, stride)
   assert actual.shape == expected.shape == (3, (size - 1) * stride + kernel,
                                             size * stride + kernel, cin)
   np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5 * float(

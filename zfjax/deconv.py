@@ -18,7 +18,9 @@ import numpy as np
 from jax import lax
 
 from zfjax import architecture, models
+from zfjax import deconv_ops as ops
 from zfjax.architecture import Conv, Norm, Pool
+from zfjax.deconv_ops import switches, transpose_conv, unpool  # noqa: F401 (the ops, here too)
 
 Array = jax.Array
 
@@ -109,64 +111,6 @@ def strongest(feature_map: Array, channels: Array) -> Units:
                (where % width).reshape(-1), value.reshape(-1))
 
 
-def switches(x: Array, record: Pool) -> Array:
-  """Max pooling's switches: where each window's maximum lies.
-
-  For each output of max pool `record` over the NHWC map x, the position of its
-  window's maximum inside the window, dy * window + dx (ties: first in row-major
-  order). Same shape as the pool's output, int32.
-
-  Each window position's cells are one strided slice of x (padded with -inf over the
-  overhang); the switch is the first position whose cell equals the window's maximum.
-  (Elementwise work that XLA fuses: a reduce_window over (value, index) pairs, the same
-  numbers, ran 3-8x slower on CPUs.)"""
-  n, height, width, c = x.shape
-  k, s = record.window, record.stride
-  pad_h = architecture.pool_overhang(height, k, s, record.ceil)
-  pad_w = architecture.pool_overhang(width, k, s, record.ceil)
-  padded = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), constant_values=-jnp.inf)
-  out_h, out_w = (height + pad_h - k) // s + 1, (width + pad_w - k) // s + 1
-
-  def cells(position):
-    dy, dx = divmod(position, k)
-    return lax.slice(padded, (0, dy, dx, 0),
-                     (n, dy + (out_h - 1) * s + 1, dx + (out_w - 1) * s + 1, c), (1, s, s, 1))
-
-  best = functools.reduce(jnp.maximum, [cells(p) for p in range(k * k)])
-  where = jnp.zeros(best.shape, jnp.int32)
-  for position in reversed(range(k * k)):
-    where = jnp.where(cells(position) == best, position, where)
-  return where
-
-
-def unpool(signal: Array, where: Array, record: Pool) -> Array:
-  """Adjoint of max pooling at recorded switches.
-
-  Each value of `signal` (..., h, w, C) goes to its window's maximum; values that share a
-  cell add. Returns the full extent of the windows, ((h - 1) * stride + window) per spatial
-  axis."""
-  k, s = record.window, record.stride
-  spatial = signal.ndim - 3
-  out = 0.0
-  for dy in range(k):
-    for dx in range(k):
-      chosen = jnp.where(where == dy * k + dx, signal, 0.0)
-      pads = [(0, 0, 0)] * spatial + [(dy, k - 1 - dy, s - 1), (dx, k - 1 - dx, s - 1),
-                                      (0, 0, 0)]
-      out = out + lax.pad(chosen, jnp.array(0, signal.dtype), pads)
-  return out
-
-
-def transpose_conv(signal: Array, kernel: Array, record: Conv) -> Array:
-  """The conv's filters transposed (flipped, in/out swapped), no bias, over the full extent.
-
-  (h, w) -> ((h - 1) * stride + kernel) per axis, before removing padding."""
-  k = record.kernel
-  return lax.conv_transpose(signal, kernel, (record.stride,) * 2, [(k - 1, k - 1)] * 2,
-                            dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                            transpose_kernel=True)
-
-
 # ------------------------------------------------------------------------- validation
 
 
@@ -205,10 +149,10 @@ def _check_range(name, values, limit, has='there are'):
 # ------------------------------------------------------------------ the shared forward
 
 
-def _forward_cache(model, variables, images, layer):
-  """One forward pass: every map layer's output up to `layer`, and each pool's switches."""
+def _forward(model, variables, images, top):
+  """One forward pass up to `top`: every map layer's output up to it, each pool's switches."""
   names = architecture.layer_names(model.spec)
-  below = names[:names.index(layer) + 1]
+  below = names[:names.index(top) + 1]
   maps = models.activations(model, variables, images, below)
   maps['input'] = images
   where = {}
@@ -216,7 +160,7 @@ def _forward_cache(model, variables, images, layer):
   for name in below:
     record = architecture.layer(model.spec, name)
     if isinstance(record, Pool):
-      where[name] = switches(maps[previous], record)
+      where[name] = ops.switches(maps[previous], record)
     previous = name
   return maps, where
 
@@ -226,9 +170,11 @@ def _forward_cache(model, variables, images, layer):
 def _project(model, variables, images, channels, *, layer, rule, method, chunk_size):
   if method == 'gradient':
     return _gradient_project(model, variables, images, channels, layer, rule, chunk_size)
-  maps, where = _forward_cache(model, variables, images, layer)
+  maps, where = _forward(model, variables, images, layer)
   units = strongest(maps[layer], channels)
-  out = _literal_units(model, variables, maps, where, units, layer, rule, chunk_size)
+  cache = _padded_cache(model.spec, images, maps, where,
+                        _needed(model.spec, [layer], rule, values=False))
+  out = _literal_units(model, variables, cache, units, layer, rule, chunk_size)
   return out.reshape(images.shape[0], channels.shape[0], *out.shape[1:])
 
 
@@ -236,12 +182,57 @@ def _project(model, variables, images, channels, *, layer, rule, method, chunk_s
                                              'chunk_size'))
 def _project_units(model, variables, images, image, channel, y, x, *, layer, rule, method,
                    chunk_size):
-  maps, where = _forward_cache(model, variables, images, layer)
-  value = maps[layer][image, y, x, channel]
-  units = Units(image, channel, y, x, value)
+  maps, where = _forward(model, variables, images, layer)
+  units = Units(image, channel, y, x, maps[layer][image, y, x, channel])
   if method == 'gradient':
     return _gradient_units(model, variables, images, units, layer, rule, chunk_size)
-  return _literal_units(model, variables, maps, where, units, layer, rule, chunk_size)
+  cache = _padded_cache(model.spec, images, maps, where,
+                        _needed(model.spec, [layer], rule, values=False))
+  return _literal_units(model, variables, cache, units, layer, rule, chunk_size)
+
+
+def _needed(spec, layers, rule, values=True) -> set:
+  """(name, 'map' | 'switch'): what the chains of `layers`' units read, their own maps too
+  when the values come from them."""
+  needed = {(layer, 'map') for layer in layers} if values else set()
+  for layer in layers:
+    levels = architecture.windows(spec, layer)
+    for (out_name, _), (in_name, _) in zip(levels, levels[1:]):
+      record = architecture.layer(spec, out_name)
+      if isinstance(record, Pool):
+        needed.add((out_name, 'switch'))
+      elif isinstance(record, Conv) and rule != 'deconvnet':
+        needed.add((out_name, 'map'))
+      elif isinstance(record, Norm) and rule != 'deconvnet':
+        needed.add((in_name, 'map'))
+  return needed
+
+
+def _pads(spec, image_shape) -> dict:
+  """{name: (before, after)}: the cells around each map so that the window of every unit
+  of every conv layer slices from it without clamping."""
+  sizes = {name: shape[:2] for name, shape in architecture.shapes(spec, image_shape).items()}
+  sizes['input'] = tuple(image_shape[:2])
+  pads = {}
+  for layer in architecture.conv_names(spec):
+    for name, window in architecture.windows(spec, layer):
+      before = max(0, -window.offset)
+      after = max(0, (max(sizes[layer]) - 1) * window.stride + window.offset + window.size
+                  - min(sizes[name]))
+      old = pads.get(name, (0, 0))
+      pads[name] = (max(old[0], before), max(old[1], after))
+  return pads
+
+
+def _padded_cache(spec, images, maps, where, needed) -> 'Cache':
+  """The needed maps and switches, padded (`Cache`); switches as int8 where they fit."""
+  pads = _pads(spec, images.shape[1:])
+  pad = lambda x, name, value=0: jnp.pad(x, ((0, 0), pads[name], pads[name], (0, 0)),
+                                         constant_values=value)
+  compact = lambda w, name: w.astype(
+      jnp.int8 if architecture.layer(spec, name).window ** 2 <= 127 else jnp.int32)
+  return Cache(images, {n: pad(maps[n], n) for n, kind in needed if kind == 'map'},
+               {n: pad(compact(where[n], n), n, -1) for n, kind in needed if kind == 'switch'})
 
 
 # ------------------------------------------------------------- literal, in the cone
@@ -251,59 +242,53 @@ def _project_units(model, variables, images, image, channel, y, x, *, layer, rul
 # of those patches (docs/analyses.md).
 
 
-def _literal_units(model, variables, maps, where, units, layer, rule, chunk_size,
-                   place=True):
+def _literal_units(model, variables, cache, units, layer, rule, chunk_size, place=True):
   """The deconvnet chain for each unit, restricted to its windows (docs/analyses.md).
 
-  (M, H, W, 3) projections on zero images; place=False: (M, S, S, 3), the input window."""
+  cache: a `Cache` holding what the chain reads. (M, H, W, 3) projections on zero images;
+  place=False: (M, S, S, 3), the input window."""
   spec, params = model.spec, variables['params']
   levels = architecture.windows(spec, layer)  # [(name, Window)], layer ... 'input'
-  unit_positions = maps[layer].shape[1:3]
-  sizes = {name: maps[name].shape[1:3] for name, _ in levels}
-  # Cached arrays, padded so that every unit's window slices without clamping. Switches
-  # are padded with -1, which no cell matches: unpooling drops the signal outside the map.
-  padded = {}
-  for name, window in levels:
-    lo_hi = _padding(window, unit_positions, sizes[name])
-    if (name, 'switch') in _needed_caches(spec, levels, rule):
-      padded[name, 'switch'] = _pad_spatial(where[name], *lo_hi, value=-1)
-    if (name, 'map') in _needed_caches(spec, levels, rule):
-      padded[name, 'map'] = _pad_spatial(maps[name], *lo_hi)
+  image_shape = cache.images.shape[1:]
+  sizes = {name: shape[:2] for name, shape in architecture.shapes(spec, image_shape).items()}
+  sizes['input'] = image_shape[:2]
+  pads = _pads(spec, image_shape)
   masked = _masked_levels(spec, levels)
+  depth = architecture.layer(spec, layer).features
+
+  def window_of(cached, name, window, n, y, x):
+    start = (window.start(y) + pads[name][0], window.start(x) + pads[name][0])
+    return ops.windows(cached[name], n, start, window.size)
 
   def chain(batch):
     n, c, y, x, value = batch
-    depth = maps[layer].shape[-1]
     signal = (jax.nn.one_hot(c, depth, dtype=value.dtype) * value[:, None])[:, None, None]
     for (out_name, out_window), (in_name, in_window) in zip(levels, levels[1:]):
       record = architecture.layer(spec, out_name)
-      start_out = _window_start(out_window, y, x, unit_positions, sizes[out_name])
       if isinstance(record, Conv):
         if rule != 'deconvnet':
-          forward = _windows(padded[out_name, 'map'], n, start_out, out_window.size)
-          signal = signal * (forward > 0)
+          signal = signal * (window_of(cache.maps, out_name, out_window, n, y, x) > 0)
         if rule != 'backprop':
           signal = jax.nn.relu(signal)
-        signal = _transpose_conv_batch(
+        signal = ops.transpose_conv_batch(
             signal, params[out_name]['kernel'].astype(signal.dtype), record.stride)
       elif isinstance(record, Pool):
-        chosen = _windows(padded[out_name, 'switch'], n, start_out, out_window.size)
-        signal = unpool(signal, chosen, record)
+        chosen = window_of(cache.switches, out_name, out_window, n, y, x)
+        signal = ops.unpool(signal, chosen, record)
       elif isinstance(record, Norm) and rule != 'deconvnet':
-        start_in = _window_start(in_window, y, x, unit_positions, sizes[in_name])
-        forward_in = _windows(padded[in_name, 'map'], n, start_in, in_window.size)
+        forward_in = window_of(cache.maps, in_name, in_window, n, y, x)
         _, normalize_vjp = jax.vjp(lambda t, r=record: model.normalize(t, r), forward_in)
         signal, = normalize_vjp(signal)
       if in_name in masked:
-        signal = signal * _valid(in_window, y, x, sizes[in_name])
+        signal = signal * ops.inside(in_window, y, x, sizes[in_name])
     # (B, 3, size, size): conv1's overlap-add writes each colour's rows whole.
     return signal.transpose(0, 3, 1, 2)
 
-  pixels = _in_chunks(chain, tuple(units), min(chunk_size, LITERAL_BATCH))
+  pixels = ops.in_chunks(chain, tuple(units), min(chunk_size, LITERAL_BATCH))
   if not place:
     return pixels.transpose(0, 2, 3, 1)
   window = levels[-1][1]
-  on_image = functools.partial(_place, image_size=sizes['input'])
+  on_image = functools.partial(ops.place, image_size=sizes['input'])
   return jax.vmap(on_image)(pixels, window.start(units.y), window.start(units.x))
 
 
@@ -323,203 +308,86 @@ def _masked_levels(spec, levels) -> set:
   return masked
 
 
-def _needed_caches(spec, levels, rule) -> set:
-  needed = set()
-  for (out_name, _), (in_name, _) in zip(levels, levels[1:]):
-    record = architecture.layer(spec, out_name)
-    if isinstance(record, Pool):
-      needed.add((out_name, 'switch'))
-    elif isinstance(record, Conv) and rule != 'deconvnet':
-      needed.add((out_name, 'map'))
-    elif isinstance(record, Norm) and rule != 'deconvnet':
-      needed.add((in_name, 'map'))
-  return needed
-
-
-def _padding(window, unit_positions, map_size):
-  """Cells to add before and after a map so every unit's window lies inside it."""
-  lo = max(0, -window.offset)
-  hi = max(0, (max(unit_positions) - 1) * window.stride + window.offset + window.size
-           - min(map_size))
-  return lo, hi
-
-
-def _pad_spatial(x, lo, hi, value=0):
-  return jnp.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)), constant_values=value)
-
-
-def _window_start(window, y, x, unit_positions, map_size):
-  lo, _ = _padding(window, unit_positions, map_size)
-  return window.start(y) + lo, window.start(x) + lo
-
-
-def _windows(padded, n, start, size):
-  """(B, size, size, C): unit b's window of image n[b] of a padded cache.
-
-  A loop of slices, not a vmapped slice: XLA would fuse that gather into its consumers
-  and repeat it there (nine times in an unpooling)."""
-  def one(unit):
-    i, row, col = unit
-    return lax.dynamic_slice(padded, (i, row, col, 0), (1, size, size, padded.shape[-1]))[0]
-  return lax.map(one, (n, *start))
-
-
-def _valid(window, y, x, map_size):
-  """(B, size, size, 1): 1 where unit b's window lies inside the map, else 0.
-
-  0 on padding and on a ceil-mode pool's overhang."""
-  rows = window.start(y)[:, None] + jnp.arange(window.size)
-  cols = window.start(x)[:, None] + jnp.arange(window.size)
-  inside = (((rows >= 0) & (rows < map_size[0]))[:, :, None]
-            & ((cols >= 0) & (cols < map_size[1]))[:, None, :])
-  return inside[..., None]
-
-
-def _transpose_conv_batch(signal, kernel, stride):
-  """`transpose_conv` of a (B, h, w, Cout) signal, as a GEMM and an overlap-add.
-
-  The GEMM gives each cell's kernel patches, kernel[dy, dx] @ signal[b, i, j]; the
-  overlap-add puts patch (dy, dx) at (i * stride + dy, j * stride + dx). The adds run along
-  the patches' minor axis: channels when there are many, columns when there are few (the
-  3 colours of conv1), so the GEMM writes the patches in that order."""
-  k, _, cin, cout = kernel.shape
-  b, h, w, _ = signal.shape
-  kernels, rows = kernel.reshape(k * k * cin, cout), signal.reshape(b * h * w, cout)
-  if cin >= _CHANNELS_MINOR:
-    patches = jnp.dot(rows, kernels.T, precision=lax.Precision.HIGHEST)
-    patches = patches.reshape(b, h, w, k, k, cin)
-    return _overlap_add(lambda dy, dx: patches[:, :, :, dy, dx], k, stride, axis=1)
-  patches = jnp.dot(kernels, rows.T, precision=lax.Precision.HIGHEST)
-  patches = patches.reshape(k, k, cin, b, h, w)
-  return _overlap_add(lambda dy, dx: patches[dy, dx], k, stride, axis=2).transpose(1, 2, 3, 0)
-
-
-_CHANNELS_MINOR = 16  # Cin from which the overlap-add runs along channels
-
-
-def _overlap_add(tap, k, stride, axis):
-  """The taps of a k x k kernel added at their places.
-
-  tap(dy, dx) is an array with spatial axes (axis, axis + 1), (h, w); its cell (i, j) goes
-  to (i * stride + dy, j * stride + dx), and values that meet add: the result has
-  ((h - 1) * stride + k, (w - 1) * stride + k) there. Computed one output phase (rows
-  ry mod stride, columns rx mod stride) at a time, each a sum of shifted taps with no
-  interleaved zeros; the phases then interleave."""
-  shape = tap(0, 0).shape
-  h, w = shape[axis:axis + 2]
-  reach = -(-k // stride)  # taps per phase and axis, at most
-  rows = []
-  for ry in range(stride):
-    phases = []
-    for rx in range(stride):
-      terms = []
-      for dy in range(ry, k, stride):
-        for dx in range(rx, k, stride):
-          pad = [(0, 0)] * len(shape)
-          pad[axis] = (dy // stride, reach - 1 - dy // stride)
-          pad[axis + 1] = (dx // stride, reach - 1 - dx // stride)
-          terms.append(jnp.pad(tap(dy, dx), pad))
-      phases.append(functools.reduce(jnp.add, terms))
-    rows.append(jnp.stack(phases, axis=axis + 2))
-  out = jnp.stack(rows, axis=axis + 1)  # (..., M, stride, N, stride, ...)
-  m, n = h + reach - 1, w + reach - 1
-  out = out.reshape(*shape[:axis], m * stride, n * stride, *shape[axis + 2:])
-  return lax.slice_in_dim(lax.slice_in_dim(out, 0, (h - 1) * stride + k, axis=axis), 0,
-                          (w - 1) * stride + k, axis=axis + 1)
-
-
-def _in_chunks(fn, xs, size):
-  """fn, which takes a batch, over the leading axis of xs in batches of at most `size`."""
-  total = xs[0].shape[0]
-  full = total - total % size
-  outs = []
-  if full:
-    chunks = jax.tree.map(lambda a: a[:full].reshape(full // size, size, *a.shape[1:]), xs)
-    out = lax.map(fn, chunks)
-    outs.append(out.reshape(full, *out.shape[2:]))
-  if full < total:
-    outs.append(fn(jax.tree.map(lambda a: a[full:], xs)))
-  return outs[0] if len(outs) == 1 else jnp.concatenate(outs)
-
-
-def _place(window_values, row, col, image_size):
-  """A (3, s, s) window whose top-left pixel is (row, col), on a zero (H, W, 3) image.
-
-  A slice of the window padded by the image size (a vmapped slice; an update-slice would
-  scatter)."""
-  height, width = image_size
-  padded = jnp.pad(window_values, ((0, 0), (height, height), (width, width)))
-  return lax.dynamic_slice(padded, (0, height - row, width - col),
-                           (window_values.shape[0], height, width)).transpose(1, 2, 0)
-
 # --------------------------------------------------- one forward pass, many projections
 
 
 class Cache(NamedTuple):
   """What projecting units of some layers needs from one forward pass of a batch.
 
-  images: the batch (N, H, W, 3); maps: {name: (N, h, w, C)} the post-ReLU maps those
-  projections read (each layer's own, for its units' values, and what the rule needs);
-  switches: {pool name: switches} of the pools below them."""
+  images: the batch (N, H, W, 3); maps: {name: (N, h', w', C)} the post-ReLU maps the
+  projections read (each layer's own, for its units' values, unless made with
+  values=False; and what the rule needs); switches: {pool name: (N, h', w', C)} of the
+  pools below them (int8 where a window has at most 127 cells). Each array is padded
+  around its rows and columns so that every unit's window slices from it without clamping
+  (switches with -1, which no cell matches: unpooling drops what falls outside a map)."""
   images: Array
   maps: dict
   switches: dict
 
 
-def forward_cache(model: models.ConvNet, variables, images: Array, layers: Sequence[str],
-                  rule: str = 'deconvnet') -> Cache:
-  """One forward pass of `images` up to the highest of `layers`, kept for `project_cached`.
+FORWARD_IMAGES = 8  # images per step of a cache's forward pass: bounds its maps' memory
 
-  Holds only what the projections of those layers' units with `rule` read."""
+
+def forward_cache(model: models.ConvNet, variables, images: Array, layers: Sequence[str],
+                  rule: str = 'deconvnet', values: bool = True) -> Cache:
+  """One forward pass of `images`, kept for projecting units of `layers` (`project_cached`).
+
+  Holds only what those projections with `rule` read, and runs the forward pass only as
+  high as that. values=False leaves out the layers' own maps: `project_cached` is then
+  given each unit's value (the top-k search's), and with the deconvnet rule the pass stops
+  at the highest pool below them (pool2 for ZFNet's conv3..conv5)."""
   layers = tuple(dict.fromkeys(layers))
   for layer in layers:
     _check(model, images, layer, [], rule, 'literal')
-  return _cache(model, variables, images, layers=layers, rule=rule)
+  return _cache(model, variables, images, layers=layers, rule=rule, values=bool(values))
 
 
 def project_cached(model: models.ConvNet, variables, cache: Cache, layer: str, image,
-                   channel, y, x, rule: str = 'deconvnet', chunk_size: int = 64) -> Array:
+                   channel, y, x, rule: str = 'deconvnet', chunk_size: int = 64,
+                   value=None) -> Array:
   """`project_units` from a `forward_cache`, each projection cut to its window.
 
   Unit m is (image[m], channel[m], y[m], x[m]) of `layer`'s post-ReLU map, seeded with
-  its value in the cache. Returns (M, S, S, 3): the projection inside the window of the
-  input that the unit's cone spans (`architecture.windows(spec, layer)[-1]`, top-left at
-  window.start(y), window.start(x); cells outside the image are zero), which is where
-  `project_units`'s full-size projection is nonzero."""
-  if layer not in cache.maps:
-    raise ValueError(f'the cache holds no {layer!r}: make it with forward_cache(..., '
-                     f'layers=[..., {layer!r}])')
+  value[m], by default its value in the cache. Returns (M, S, S, 3): the projection inside
+  the window of the input that the unit's cone spans (`architecture.windows(spec,
+  layer)[-1]`, top-left at window.start(y), window.start(x); cells outside the image are
+  zero), which is where `project_units`'s full-size projection is nonzero."""
+  missing = sorted(name for name, kind in _needed(model.spec, [layer], rule, value is None)
+                   if name not in (cache.maps if kind == 'map' else cache.switches))
+  if missing:
+    raise ValueError(f'the cache holds no {", ".join(map(repr, missing))} for projecting {layer!r} '
+                     f'with rule {rule!r}: make it with forward_cache(..., layers=[..., '
+                     f'{layer!r}], rule={rule!r})'
+                     + (' or pass value=' if value is None else ''))
   image, channel, y, x = (jnp.asarray(a, jnp.int32).reshape(-1) for a in (image, channel,
                                                                           y, x))
-  return _project_cached(model, variables, cache, image, channel, y, x, layer=layer,
-                         rule=rule, chunk_size=chunk_size)
+  if value is None:
+    before = _pads(model.spec, cache.images.shape[1:])[layer][0]
+    value = cache.maps[layer][image, y + before, x + before, channel]
+  value = jnp.asarray(value, cache.images.dtype).reshape(-1)
+  return _project_cached(model, variables, cache, Units(image, channel, y, x, value),
+                         layer=layer, rule=rule, chunk_size=chunk_size)
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'layers', 'rule'))
-def _cache(model, variables, images, *, layers, rule):
+@functools.partial(jax.jit, static_argnames=('model', 'layers', 'rule', 'values'))
+def _cache(model, variables, images, *, layers, rule, values):
+  needed = _needed(model.spec, layers, rule, values)
   names = architecture.layer_names(model.spec)
-  maps, where = _forward_cache(model, variables, images, max(layers, key=names.index))
-  keep_maps, keep_switches = set(layers), set()
-  for layer in layers:
-    for name, kind in _needed_caches(model.spec, architecture.windows(model.spec, layer),
-                                     rule):
-      (keep_maps if kind == 'map' else keep_switches).add(name)
-  return Cache(images, {n: maps[n] for n in keep_maps if n != 'input'},
-               {n: where[n] for n in keep_switches})
+  top = max((name for name, _ in needed), key=names.index)
+
+  def step(chunk):
+    maps, where = _forward(model, variables, chunk[0], top)
+    return ({n: maps[n] for n, kind in needed if kind == 'map'},
+            {n: where[n] for n, kind in needed if kind == 'switch'})
+
+  maps, where = ops.in_chunks(step, (images,), FORWARD_IMAGES)
+  return _padded_cache(model.spec, images, maps, where, needed)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'layer', 'rule', 'chunk_size'))
-def _project_cached(model, variables, cache, image, channel, y, x, *, layer, rule,
-                    chunk_size):
-  images = cache.images
-  shapes = architecture.shapes(model.spec, images.shape[1:])
-  maps = {name: jax.ShapeDtypeStruct((images.shape[0], *shape), images.dtype)
-          for name, shape in shapes.items()}
-  maps.update(cache.maps, input=images)
-  value = cache.maps[layer][image, y, x, channel]
-  units = Units(image, channel, y, x, value)
-  return _literal_units(model, variables, maps, cache.switches, units, layer, rule,
-                        chunk_size, place=False)
+def _project_cached(model, variables, cache, units, *, layer, rule, chunk_size):
+  return _literal_units(model, variables, cache, units, layer, rule, chunk_size,
+                        place=False)
 
 
 # --------------------------------------------------------------- gradient formulation

@@ -316,10 +316,11 @@ def project_layers(model: models.ConvNet, variables, wanted: dict, images: Image
 
   `wanted`: {layer: (entries, channel)}, entries a TopK of any shape and channel of the
   same shape (as `project_entries`). Images are taken `images_per_call` at a time (sorted,
-  padded to that many): one forward pass (`deconv.forward_cache`) up to the highest layer
-  asked for, then every entry of every layer on those images in calls of
-  `units_per_call` (`deconv.project_cached`, each projection computed only on its
-  window). Returns {layer: Patches} with NumPy pixels, equal to `project_entries`'s."""
+  padded to that many): one forward pass (`deconv.forward_cache`) as high as the
+  projections read (with the deconvnet rule, the highest pool below the layers: each
+  entry is seeded with its own value), then every entry of every layer on those images in
+  calls of `units_per_call` (`deconv.project_cached`, each projection computed only on
+  its window). Returns {layer: Patches} with NumPy pixels, equal to `project_entries`'s."""
   layers = tuple(wanted)
   if not layers:
     return {}
@@ -329,23 +330,24 @@ def project_layers(model: models.ConvNet, variables, wanted: dict, images: Image
     example = np.asarray(entries.example).reshape(-1)
     rows = np.asarray(_rows(images, example))
     flat[layer] = (np.asarray(channel, np.int32).reshape(-1), np.flatnonzero(example >= 0),
-                   rows, *(np.asarray(a).reshape(-1) for a in (entries.y, entries.x)))
+                   rows, *(np.asarray(a).reshape(-1) for a in (entries.y, entries.x,
+                                                               entries.values)))
   pixels = {layer: np.zeros((flat[layer][2].size, *geometry[layer].valid.shape[-2:],
                              images.image.shape[-1]), np.float32) for layer in layers}
   needed = np.unique(np.concatenate([flat[layer][2][flat[layer][1]] for layer in layers]))
   for start in range(0, needed.size, images_per_call):
     group = needed[start:start + images_per_call]
     cache = deconv.forward_cache(model, variables, images.image[_pad_to(group, images_per_call)],
-                                 layers, rule=rule)
+                                 layers, rule=rule, values=False)
     for layer in layers:
-      channel, filled, rows, y, x = flat[layer]
+      channel, filled, rows, y, x, value = flat[layer]
       chosen = filled[np.isin(rows[filled], group)]
       for first in range(0, chosen.size, units_per_call):
         part = chosen[first:first + units_per_call]
         unit = lambda a, part=part: _pad_to(a[part], units_per_call)
         windows = deconv.project_cached(
             model, variables, cache, layer, unit(np.searchsorted(group, rows)), unit(channel),
-            unit(y), unit(x), rule=rule, chunk_size=units_per_call)
+            unit(y), unit(x), rule=rule, chunk_size=units_per_call, value=unit(value))
         pixels[layer][part] = np.asarray(windows)[:part.size]
   out = {}
   for layer in layers:

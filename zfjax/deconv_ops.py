@@ -1,0 +1,178 @@
+"""The deconvnet's operations on arrays: switches, unpooling, transposed convolutions.
+
+The single-map forms (`switches`, `unpool`, `transpose_conv`) define them; the batched
+forms are what `zfjax.deconv`'s chain runs on each unit's window: a transposed convolution
+as one GEMM and an overlap-add, window slices of cached maps, and placing a window on an
+image (docs/analyses.md).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from zfjax import architecture
+from zfjax.architecture import Conv, Pool
+
+Array = jax.Array
+
+
+def switches(x: Array, record: Pool) -> Array:
+  """Max pooling's switches: where each window's maximum lies.
+
+  For each output of max pool `record` over the NHWC map x, the position of its
+  window's maximum inside the window, dy * window + dx (ties: first in row-major
+  order). Same shape as the pool's output, int32.
+
+  Each window position's cells are one strided slice of x (padded with -inf over the
+  overhang); the switch is the first position whose cell equals the window's maximum.
+  (Elementwise work that XLA fuses: a reduce_window over (value, index) pairs, the same
+  numbers, ran 3-8x slower on CPUs.)"""
+  n, height, width, c = x.shape
+  k, s = record.window, record.stride
+  pad_h = architecture.pool_overhang(height, k, s, record.ceil)
+  pad_w = architecture.pool_overhang(width, k, s, record.ceil)
+  padded = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), constant_values=-jnp.inf)
+  out_h, out_w = (height + pad_h - k) // s + 1, (width + pad_w - k) // s + 1
+
+  def cells(position):
+    dy, dx = divmod(position, k)
+    return lax.slice(padded, (0, dy, dx, 0),
+                     (n, dy + (out_h - 1) * s + 1, dx + (out_w - 1) * s + 1, c), (1, s, s, 1))
+
+  best = functools.reduce(jnp.maximum, [cells(p) for p in range(k * k)])
+  where = jnp.zeros(best.shape, jnp.int32)
+  for position in reversed(range(k * k)):
+    where = jnp.where(cells(position) == best, position, where)
+  return where
+
+
+def unpool(signal: Array, where: Array, record: Pool) -> Array:
+  """Adjoint of max pooling at recorded switches.
+
+  Each value of `signal` (..., h, w, C) goes to its window's maximum; values that share a
+  cell add. Returns the full extent of the windows, ((h - 1) * stride + window) per spatial
+  axis."""
+  k, s = record.window, record.stride
+  spatial = signal.ndim - 3
+  out = 0.0
+  for dy in range(k):
+    for dx in range(k):
+      chosen = jnp.where(where == dy * k + dx, signal, 0.0)
+      pads = [(0, 0, 0)] * spatial + [(dy, k - 1 - dy, s - 1), (dx, k - 1 - dx, s - 1),
+                                      (0, 0, 0)]
+      out = out + lax.pad(chosen, jnp.array(0, signal.dtype), pads)
+  return out
+
+
+def transpose_conv(signal: Array, kernel: Array, record: Conv) -> Array:
+  """The conv's filters transposed (flipped, in/out swapped), no bias, over the full extent.
+
+  (h, w) -> ((h - 1) * stride + kernel) per axis, before removing padding."""
+  k = record.kernel
+  return lax.conv_transpose(signal, kernel, (record.stride,) * 2, [(k - 1, k - 1)] * 2,
+                            dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                            transpose_kernel=True)
+
+
+def transpose_conv_batch(signal, kernel, stride):
+  """`transpose_conv` of a (B, h, w, Cout) signal, as a GEMM and an overlap-add.
+
+  The GEMM gives each cell's kernel patches, kernel[dy, dx] @ signal[b, i, j]; the
+  overlap-add puts patch (dy, dx) at (i * stride + dy, j * stride + dx). The adds run along
+  the patches' minor axis: channels when there are many, columns when there are few (the
+  3 colours of conv1), so the GEMM writes the patches in that order."""
+  k, _, cin, cout = kernel.shape
+  b, h, w, _ = signal.shape
+  kernels, rows = kernel.reshape(k * k * cin, cout), signal.reshape(b * h * w, cout)
+  if cin >= CHANNELS_MINOR:
+    patches = jnp.dot(rows, kernels.T, precision=lax.Precision.HIGHEST)
+    patches = patches.reshape(b, h, w, k, k, cin)
+    return overlap_add(lambda dy, dx: patches[:, :, :, dy, dx], k, stride, axis=1)
+  patches = jnp.dot(kernels, rows.T, precision=lax.Precision.HIGHEST)
+  patches = patches.reshape(k, k, cin, b, h, w)
+  return overlap_add(lambda dy, dx: patches[dy, dx], k, stride, axis=2).transpose(1, 2, 3, 0)
+
+
+CHANNELS_MINOR = 16  # Cin from which the overlap-add runs along channels
+
+
+def overlap_add(tap, k, stride, axis):
+  """The taps of a k x k kernel added at their places.
+
+  tap(dy, dx) is an array with spatial axes (axis, axis + 1), (h, w); its cell (i, j) goes
+  to (i * stride + dy, j * stride + dx), and values that meet add: the result has
+  ((h - 1) * stride + k, (w - 1) * stride + k) there. Computed one output phase (rows
+  ry mod stride, columns rx mod stride) at a time, each a sum of shifted taps with no
+  interleaved zeros; the phases then interleave."""
+  shape = tap(0, 0).shape
+  h, w = shape[axis:axis + 2]
+  reach = -(-k // stride)  # taps per phase and axis, at most
+  rows = []
+  for ry in range(stride):
+    phases = []
+    for rx in range(stride):
+      terms = []
+      for dy in range(ry, k, stride):
+        for dx in range(rx, k, stride):
+          pad = [(0, 0)] * len(shape)
+          pad[axis] = (dy // stride, reach - 1 - dy // stride)
+          pad[axis + 1] = (dx // stride, reach - 1 - dx // stride)
+          terms.append(jnp.pad(tap(dy, dx), pad))
+      phases.append(functools.reduce(jnp.add, terms))
+    rows.append(jnp.stack(phases, axis=axis + 2))
+  out = jnp.stack(rows, axis=axis + 1)  # (..., M, stride, N, stride, ...)
+  m, n = h + reach - 1, w + reach - 1
+  out = out.reshape(*shape[:axis], m * stride, n * stride, *shape[axis + 2:])
+  return lax.slice_in_dim(lax.slice_in_dim(out, 0, (h - 1) * stride + k, axis=axis), 0,
+                          (w - 1) * stride + k, axis=axis + 1)
+
+
+def windows(padded, n, start, size):
+  """(B, size, size, C): unit b's window of image n[b] of a padded cache.
+
+  A loop of slices, not a vmapped slice: XLA would fuse that gather into its consumers
+  and repeat it there (nine times in an unpooling)."""
+  def one(unit):
+    i, row, col = unit
+    return lax.dynamic_slice(padded, (i, row, col, 0), (1, size, size, padded.shape[-1]))[0]
+  return lax.map(one, (n, *start))
+
+
+def inside(window, y, x, map_size):
+  """(B, size, size, 1): 1 where unit b's window lies inside the map, else 0.
+
+  0 on padding and on a ceil-mode pool's overhang."""
+  rows = window.start(y)[:, None] + jnp.arange(window.size)
+  cols = window.start(x)[:, None] + jnp.arange(window.size)
+  inside = (((rows >= 0) & (rows < map_size[0]))[:, :, None]
+            & ((cols >= 0) & (cols < map_size[1]))[:, None, :])
+  return inside[..., None]
+
+
+def in_chunks(fn, xs, size):
+  """fn, which takes a batch, over the leading axis of the pytree xs in batches of at most
+  `size`; its outputs (a pytree too) joined along their leading axis."""
+  total = jax.tree.leaves(xs)[0].shape[0]
+  full = total - total % size
+  outs = []
+  if full:
+    chunks = jax.tree.map(lambda a: a[:full].reshape(full // size, size, *a.shape[1:]), xs)
+    outs.append(jax.tree.map(lambda a: a.reshape(full, *a.shape[2:]), lax.map(fn, chunks)))
+  if full < total:
+    outs.append(fn(jax.tree.map(lambda a: a[full:], xs)))
+  return outs[0] if len(outs) == 1 else jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
+
+
+def place(window_values, row, col, image_size):
+  """A (3, s, s) window whose top-left pixel is (row, col), on a zero (H, W, 3) image.
+
+  A slice of the window padded by the image size (a vmapped slice; an update-slice would
+  scatter)."""
+  height, width = image_size
+  padded = jnp.pad(window_values, ((0, 0), (height, height), (width, width)))
+  return lax.dynamic_slice(padded, (0, height - row, width - col),
+                           (window_values.shape[0], height, width)).transpose(1, 2, 0)

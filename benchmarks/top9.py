@@ -44,7 +44,9 @@ def parse_args(argv=None):
   parser.add_argument('--layers', default=','.join(ALL_LAYERS))
   parser.add_argument('--k', type=int, default=9)
   parser.add_argument('--size', type=int, default=224, help='image height and width')
-  parser.add_argument('--images_per_call', type=int, default=32)
+  parser.add_argument('--images_per_call', type=int, default=None,
+                      help='images per forward pass of the projections (default: '
+                           'project_layers\' choice; topk.project: 16)')
   parser.add_argument('--per_layer', action='store_true',
                       help='project layer by layer (topk.project: a forward pass per call) '
                            'instead of all layers from shared forward passes')
@@ -180,7 +182,7 @@ def project_layer(model, variables, result, images, layer, args, clock) -> dict:
   """Projections and image patches of every entry of one layer, timed; then dropped."""
   projections, project_s, compile_s = timed(lambda: topk.project(
       model, variables, result, images, layer, rule=args.rule,
-      images_per_call=args.images_per_call, units_per_call=args.units_per_call), clock)
+      images_per_call=args.images_per_call or 16, units_per_call=args.units_per_call), clock)
   patches, crops_s, _ = timed(lambda: topk.crops(model, result, images, layer), clock)
   example = np.asarray(result.example)
   return {'layer': layer, 'channels': int(example.shape[0]),

@@ -224,6 +224,18 @@ def _pads(spec, image_shape) -> dict:
   return pads
 
 
+def cache_bytes(spec, image_shape, layers: Sequence[str], rule: str = 'deconvnet',
+                values: bool = True) -> int:
+  """Bytes per image of a `forward_cache(..., layers, rule, values)` (float32 images)."""
+  shapes, pads = architecture.shapes(spec, image_shape), _pads(spec, image_shape)
+  total = 0
+  for name, kind in _needed(spec, layers, rule, values):
+    (height, width, channels), (before, after) = shapes[name], pads[name]
+    item = 4 if kind == 'map' or architecture.layer(spec, name).window ** 2 > 127 else 1
+    total += (height + before + after) * (width + before + after) * channels * item
+  return total
+
+
 def _padded_cache(spec, images, maps, where, needed) -> 'Cache':
   """The needed maps and switches, padded (`Cache`); switches as int8 where they fit."""
   pads = _pads(spec, images.shape[1:])
@@ -285,9 +297,9 @@ def _literal_units(model, variables, cache, units, layer, rule, chunk_size, plac
     return signal.transpose(0, 3, 1, 2)
 
   pixels = ops.in_chunks(chain, tuple(units), min(chunk_size, LITERAL_BATCH))
-  if not place:
-    return pixels.transpose(0, 2, 3, 1)
   window = levels[-1][1]
+  if not place:  # the window, zero outside the image
+    return pixels.transpose(0, 2, 3, 1) * ops.inside(window, units.y, units.x, sizes['input'])
   on_image = functools.partial(ops.place, image_size=sizes['input'])
   return jax.vmap(on_image)(pixels, window.start(units.y), window.start(units.x))
 

@@ -309,14 +309,18 @@ def project_entries(model: models.ConvNet, variables, entries: TopK, channel, im
   return geometry._replace(pixels=pixels.reshape(*shape, *pixels.shape[1:]))
 
 
+CACHE_BYTES = 1 << 27  # project_layers' forward caches hold at most this many bytes
+
+
 def project_layers(model: models.ConvNet, variables, wanted: dict, images: Images,
-                   rule: str = 'deconvnet', images_per_call: int = 32,
+                   rule: str = 'deconvnet', images_per_call: Optional[int] = None,
                    units_per_call: int = 64) -> dict:
   """Projections of entries of several layers, each image's forward pass shared by all.
 
   `wanted`: {layer: (entries, channel)}, entries a TopK of any shape and channel of the
   same shape (as `project_entries`). Images are taken `images_per_call` at a time (sorted,
-  padded to that many): one forward pass (`deconv.forward_cache`) as high as the
+  padded to that many; by default as many as a cache of CACHE_BYTES holds, so that few
+  calls are left part-empty): one forward pass (`deconv.forward_cache`) as high as the
   projections read (with the deconvnet rule, the highest pool below the layers: each
   entry is seeded with its own value), then every entry of every layer on those images in
   calls of `units_per_call` (`deconv.project_cached`, each projection computed only on
@@ -335,6 +339,11 @@ def project_layers(model: models.ConvNet, variables, wanted: dict, images: Image
   pixels = {layer: np.zeros((flat[layer][2].size, *geometry[layer].valid.shape[-2:],
                              images.image.shape[-1]), np.float32) for layer in layers}
   needed = np.unique(np.concatenate([flat[layer][2][flat[layer][1]] for layer in layers]))
+  if images_per_call is None:
+    per_image = deconv.cache_bytes(model.spec, images.image.shape[1:], layers, rule,
+                                   values=False)
+    calls = -(-needed.size // max(1, CACHE_BYTES // per_image))
+    images_per_call = max(1, -(-needed.size // max(calls, 1)))  # evened out
   for start in range(0, needed.size, images_per_call):
     group = needed[start:start + images_per_call]
     cache = deconv.forward_cache(model, variables, images.image[_pad_to(group, images_per_call)],
@@ -349,13 +358,9 @@ def project_layers(model: models.ConvNet, variables, wanted: dict, images: Image
             model, variables, cache, layer, unit(np.searchsorted(group, rows)), unit(channel),
             unit(y), unit(x), rule=rule, chunk_size=units_per_call, value=unit(value))
         pixels[layer][part] = np.asarray(windows)[:part.size]
-  out = {}
-  for layer in layers:
-    shape = np.shape(wanted[layer][0].example)
-    valid = np.asarray(geometry[layer].valid)
-    shaped = pixels[layer].reshape(*shape, *pixels[layer].shape[1:])
-    out[layer] = geometry[layer]._replace(pixels=np.where(valid[..., None], shaped, 0.0))
-  return out
+  # Windows are zero outside the image, unfilled entries never written: no mask to apply.
+  return {layer: geometry[layer]._replace(pixels=pixels[layer].reshape(
+      *np.shape(wanted[layer][0].example), *pixels[layer].shape[1:])) for layer in layers}
 
 
 def paste(patches: Patches, image_shape: Sequence[int]) -> Array:

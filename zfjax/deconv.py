@@ -192,8 +192,9 @@ def _project_units(model, variables, images, image, channel, y, x, *, layer, rul
 
 
 def _needed(spec, layers, rule, values=True) -> set:
-  """(name, 'map' | 'switch'): what the chains of `layers`' units read, their own maps too
-  when the values come from them."""
+  """(name, 'map' | 'switch'): what the chains of `layers`' units read.
+
+  With values, the layers' own maps too (the units' values come from them)."""
   needed = {(layer, 'map') for layer in layers} if values else set()
   for layer in layers:
     levels = architecture.windows(spec, layer)
@@ -209,8 +210,9 @@ def _needed(spec, layers, rule, values=True) -> set:
 
 
 def _pads(spec, image_shape) -> dict:
-  """{name: (before, after)}: the cells around each map so that the window of every unit
-  of every conv layer slices from it without clamping."""
+  """{name: (before, after)}: the cells to pad each map with.
+
+  Enough that the window of every unit of every conv layer slices without clamping."""
   sizes = {name: shape[:2] for name, shape in architecture.shapes(spec, image_shape).items()}
   sizes['input'] = tuple(image_shape[:2])
   pads = {}

@@ -154,8 +154,10 @@ def inside(window, y, x, map_size):
 
 
 def in_chunks(fn, xs, size):
-  """fn, which takes a batch, over the leading axis of the pytree xs in batches of at most
-  `size`; its outputs (a pytree too) joined along their leading axis."""
+  """fn, which takes a batch, over the leading axis of the pytree xs, `size` at a time.
+
+  The last batch may be smaller; fn's outputs (a pytree too) are joined along their
+  leading axis."""
   total = jax.tree.leaves(xs)[0].shape[0]
   full = total - total % size
   outs = []

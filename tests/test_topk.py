@@ -313,6 +313,10 @@ def test_projecting_several_layers_from_shared_forward_passes(model, variables, 
     assert scale > 0 and shared[name].pixels.shape == expected.pixels.shape
     np.testing.assert_allclose(shared[name].pixels, expected.pixels, atol=1e-6 * scale)
     np.testing.assert_array_equal(shared[name].valid, expected.valid)
+  # The default grouping (as many images as a cache holds); conv1 alone needs no cache.
+  alone = topk.project_layers(model, variables, {'conv1': wanted['conv1']}, gathered,
+                              rule=rule)
+  np.testing.assert_allclose(alone['conv1'].pixels, shared['conv1'].pixels, rtol=1e-6, atol=0)
   cache = deconv.forward_cache(model, variables, jnp.asarray(images[:2]), ['conv1'])
   with pytest.raises(ValueError, match="no 'conv5'"):
     deconv.project_cached(model, variables, cache, 'conv5', [0], [0], [0], [0])

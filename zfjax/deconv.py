@@ -386,6 +386,8 @@ def project_cached(model: models.ConvNet, variables, cache: Cache, layer: str, i
 @functools.partial(jax.jit, static_argnames=('model', 'layers', 'rule', 'values'))
 def _cache(model, variables, images, *, layers, rule, values):
   needed = _needed(model.spec, layers, rule, values)
+  if not needed:  # conv1's units with their values given: the chain reads nothing
+    return Cache(images, {}, {})
   names = architecture.layer_names(model.spec)
   top = max((name for name, _ in needed), key=names.index)
 

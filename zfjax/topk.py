@@ -342,7 +342,7 @@ def project_layers(model: models.ConvNet, variables, wanted: dict, images: Image
   if images_per_call is None:
     per_image = deconv.cache_bytes(model.spec, images.image.shape[1:], layers, rule,
                                    values=False)
-    calls = -(-needed.size // max(1, CACHE_BYTES // per_image))
+    calls = -(-needed.size // max(1, CACHE_BYTES // max(per_image, 1)))
     images_per_call = max(1, -(-needed.size // max(calls, 1)))  # evened out
   for start in range(0, needed.size, images_per_call):
     group = needed[start:start + images_per_call]

@@ -51,8 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--stride', type=int, default=8)
   parser.add_argument('--thresholds', default='0.5,0.3',
                       help='comma-separated Krypton taus for the approximate mode ("" = none)')
-  parser.add_argument('--chunk_size', type=int, default=128,
-                      help='zfjax positions per chunk, at most (evened out)')
+  parser.add_argument('--chunk_size', type=int, default=None,
+                      help="zfjax positions per chunk, at most (evened out); default: "
+                      "occlusion.sensitivity's")
   parser.add_argument('--perturbations_per_eval', type=int, default=64)
   parser.add_argument('--torch_threads', type=int, default=os.cpu_count())
   parser.add_argument('--repeats', type=int, default=2)
@@ -76,9 +77,10 @@ def photo() -> np.ndarray:
 
 
 def bench_zfjax(args, model, variables, image, label, **kwargs):
+  if args.chunk_size is not None:
+    kwargs = dict(kwargs, chunk_size=args.chunk_size)
   run = lambda: jax.block_until_ready(occlusion.sensitivity(
-      model, variables, image, label, patch=args.patch, stride=args.stride,
-      chunk_size=args.chunk_size, **kwargs))
+      model, variables, image, label, patch=args.patch, stride=args.stride, **kwargs))
   with common.MemorySampler() as first_memory:
     first_s = common.timed(run)
   with common.MemorySampler() as memory:

@@ -6,6 +6,7 @@ image, and the maps' projection the PyTorch deconvnet (tools/torch_zfnet.py). Th
 networks against torch: tests/test_occlusion_torch.py."""
 
 import inspect
+import math
 import pathlib
 import sys
 
@@ -32,7 +33,7 @@ SPEC = architecture.zfnet(num_classes=4, conv_features=FEATURES, fc_features=FC)
 # once per mode.
 SHARED = dict(patch=48, stride=22, fill=30.0, chunk_size=16)
 DEFAULTS = dict(fill=0.0, method='incremental', winograd='auto', field_threshold=None,
-                chunk_size=64)
+                chunk_size=256)
 
 
 @pytest.fixture(scope='module')
@@ -122,6 +123,29 @@ def test_winograd_plan(patch, tiles):
     m = step.tile or 1
     assert all(c % m == 0 and s <= c < s + m and c <= n for c, s, n in
                zip(step.computed_size, step.size, step.map_size))
+
+
+def test_border_groups_cover_every_change():
+  """ZFNet's benchmark grid (patch 32, stride 8): border and interior classes per axis.
+
+  Four groups, each position in one; a group's windows hold, at every layer, each of its
+  occluders' changed cells (_axis of that occluder alone), and the border groups' windows
+  are smaller than the interior's. NumPy only: nothing compiles."""
+  spec = architecture.zfnet(num_classes=1000)
+  groups = occlusion._groups(spec, (224, 224, 3), 32, 8, winograd=True)
+  assert len(groups) == 4
+  index = np.concatenate([index for *_, index in groups])
+  assert sorted(index) == list(range(25 * 25))
+  sizes = [math.prod(plan[-1].size) for plan, *_ in groups]
+  assert min(sizes) < max(sizes) == 36
+  runs = [occlusion._axis(spec, (224, 224, 3), 0, np.array([8 * i]), 32) for i in range(25)]
+  for plan, windows, index in groups:
+    at = np.stack([np.asarray(w.at) for w in windows], 1)  # (N, steps, 2)
+    for axis, number in enumerate(divmod(index, 25)):  # the square grid: rows' runs = columns'
+      computed = np.array([step.computed_size[axis] for step in plan])
+      first = np.array([[f[0] for _, _, f in runs[i]] for i in number])
+      exact = np.array([[e for e, _, _ in runs[i]] for i in number])
+      assert (at[..., axis] <= first).all() and (first + exact <= at[..., axis] + computed).all()
 
 
 @pytest.mark.parametrize('m', [2, 3, 4])

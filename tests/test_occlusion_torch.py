@@ -100,3 +100,35 @@ def test_default_maps_equal_torch(name):
   assert 0.05 < float(maps.unoccluded_prob) < 0.95
   assert np.ptp(reference) > 1e-3  # the occluder matters
   assert np.abs(np.asarray(maps.prob, np.float64) - reference).max() <= TOLERANCE
+
+
+@pytest.mark.slow
+def test_border_groups_equal_torch_and_naive():
+  """Positions split into border groups (_groups): default within 1e-4 of torch, exact = naive.
+
+  The several groups' maps are put back in the grid's order. 17 x 17 positions: each axis
+  splits, some groups' windows too small at conv4-5 for a whole tile (direct there)."""
+  spec = architecture.zfnet(10, **PAPER_WIDTHS)
+  size, patch, stride = 129, 16, 7
+  groups = occlusion._groups(spec, (size, size, 3), patch, stride, winograd=True)
+  assert len(groups) == 4
+  assert sorted(np.concatenate([index for *_, index in groups])) == list(range(17 * 17))
+  assert len({tuple(step.tile for step in plan) for plan, *_ in groups}) > 1
+  model = models.ConvNet(spec)
+  image = random_images(1, seed=6, size=size)[0]
+  variables = unsaturated(model, alive_variables(model, image_size=size), image)
+  label = int(np.argmax(model.apply(variables, image[None])[0]))
+  maps = occlusion.sensitivity(model, variables, image, label, patch=patch, stride=stride)
+  reference = torch_probabilities(
+      torch_network('zfnet', spec, size, jax.tree.map(np.asarray, variables['params'])),
+      np.asarray(image), patch, stride, 0.0, label)
+  assert np.ptp(reference) > 1e-3
+  assert np.abs(np.asarray(maps.prob, np.float64) - reference).max() <= TOLERANCE
+  exact = occlusion.sensitivity(model, variables, image, label, patch=patch, stride=stride,
+                                winograd=False)
+  naive = occlusion.sensitivity(model, variables, image, label, patch=patch, stride=stride,
+                                method='naive')
+  np.testing.assert_allclose(exact.prob, naive.prob, atol=1e-5)
+  np.testing.assert_array_equal(exact.top_class, naive.top_class)
+  np.testing.assert_allclose(exact.feature, naive.feature, rtol=1e-5,
+                             atol=1e-5 * float(naive.unoccluded_feature))

@@ -54,14 +54,18 @@ def sensitivity(model: models.ConvNet, variables, image: Array, label: int,
                 patch: int = 32, stride: int = 8, fill: float = 0.0,
                 layer: str | None = None, method: str = 'incremental',
                 field_threshold: float | None = None, winograd: bool | str = 'auto',
-                chunk_size: int = 64) -> Sensitivity:
+                chunk_size: int = 256) -> Sensitivity:
   """Occlusion maps of one (H, W, 3) image for class `label` (docs/analyses.md).
+
+  The incremental method recomputes, per occluder, the window of each layer that the
+  occluder changes; without a field threshold, occluders near the image's border (smaller
+  windows) may go in groups of their own, each with its windows' sizes (_groups).
 
   field_threshold: None (exact) or tau in (0, 1]: the approximate mode of Krypton
     (Nakandala et al., SIGMOD 2019), projective-field thresholding. Each layer's changed
-    window is capped at ceil(tau * the layer's size) cells per axis, centred on the exact
-    window; changes outside it are dropped (the cached activations stand in), so deep
-    layers recompute less. benchmarks/occlusion.py reports speed and error per tau.
+    window is capped at ceil(tau * the layer's size) cells per axis, centred on the cells
+    that change there; changes outside it are dropped (the cached activations stand in), so
+    deep layers recompute less. benchmarks/occlusion.py reports speed and error per tau.
   winograd: 'auto' (the default), True or False. Winograd's minimal filtering computes the
     windows of the convolutions with ceil(kernel / stride) = 3 (docs/analyses.md): faster,
     equal to the exact maps up to float32 rounding (tests hold it to an independent torch
@@ -70,6 +74,8 @@ def sensitivity(model: models.ConvNet, variables, image: Array, label: int,
     convolution whose window rounds up to whole tiles inside its map (the others stay
     direct); with method='naive' nowhere. True asks for it, so it needs the incremental
     method. False is the exact direct mode (equal to method='naive' up to float32 rounding).
+  chunk_size: at most this many positions go through the network together (vmapped), per
+    step of a loop; fewer steps run faster and hold more memory.
   """
   image = jnp.asarray(image)
   if image.ndim != 3:
@@ -133,30 +139,28 @@ def _sensitivity(model, variables, image, label, fill, *, patch, stride, layer, 
   logits = cache[names[-1]]
   rows = positions(image.shape[0], patch, stride)
   cols = positions(image.shape[1], patch, stride)
-  grid = np.stack(np.meshgrid(np.arange(rows), np.arange(cols), indexing='ij'), -1)
-  starts = grid.reshape(-1, 2) * stride
 
   if method == 'naive':
+    grid = np.stack(np.meshgrid(np.arange(rows), np.arange(cols), indexing='ij'), -1)
     def evaluate(start):
       occluded = lax.dynamic_update_slice(image, jnp.full((patch, patch, 3), fill,
                                                           image.dtype), (start[0], start[1], 0))
       out = models.activations(model, variables, occluded[None], (layer, names[-1]))
       return out[names[-1]][0], out[layer][0, ..., channel].sum()
 
-    per_position = jnp.asarray(starts, jnp.int32)
+    per_position = jnp.asarray(grid.reshape(-1, 2) * stride, jnp.int32)
+    out_logits, feature = invariance.padded_map(evaluate, per_position, chunk_size)
   else:
-    plan = _plan(model.spec, image.shape, patch, field_threshold, winograd)
-    params = dict(variables['params'])
-    for step in plan:
-      if step.tile:  # the Winograd-transformed kernel, once per call
-        params[step.record.name] = dict(params[step.record.name], kernel=_winograd_kernel(
-            params[step.record.name]['kernel'], step.tile, step.record.stride))
-
-    def evaluate(windows):
-      return _incremental(model, params, cache, plan, windows, fill, patch, layer, channel)
-
-    per_position = _windows(plan, starts)
-  out_logits, feature = invariance.padded_map(evaluate, per_position, chunk_size)
+    outs, indices, kernels = [], [], {}
+    for plan, windows, index in _groups(model.spec, image.shape, patch, stride,
+                                        field_threshold, winograd):
+      params = _group_params(variables['params'], plan, kernels)
+      evaluate = functools.partial(_incremental, model, params, cache, plan, fill=fill,
+                                   patch=patch, layer=layer, channel=channel)
+      outs.append(invariance.padded_map(evaluate, windows, chunk_size))
+      indices.append(index)
+    order = np.argsort(np.concatenate(indices))
+    out_logits, feature = (jnp.concatenate(parts)[order] for parts in zip(*outs))
   probs = jax.nn.softmax(out_logits)
   projection = deconv.project(model, variables, image[None], layer, channel[None])[0, 0]
   return Sensitivity(
@@ -171,6 +175,11 @@ def _sensitivity(model, variables, image, label, fill, *, patch, stride, layer, 
 
 # ------------------------------------------------------------------ incremental plan
 
+# Border groups (_groups): a split must save this share of the convolutions' multiply-adds,
+# and each class hold this many positions along its axis (each group compiles a loop body).
+_MIN_SAVING = 0.05
+_MIN_CLASS = 8
+
 
 class _Step(NamedTuple):
   """One map layer's changed window: static size per axis, and the layer geometry."""
@@ -184,32 +193,152 @@ class _Step(NamedTuple):
   computed_size: tuple[int, int]  # the window computed: size rounded up to whole tiles
 
 
-def _plan(spec, image_shape, patch, field_threshold=None, winograd=False) -> list[_Step]:
-  """Static window sizes layer by layer.
+class _Window(NamedTuple):
+  """Where one occluder's windows of a step lie, (2,) int32 each (row, column).
 
-  A changed run of S cells at a layer's input changes at most (S + k - 2) // s + 1 outputs
-  (any alignment); with a field threshold tau, at most ceil(tau * n) of the layer's n cells."""
+  Static geometry, laid out once in NumPy for all positions: the vmapped program only loads
+  it (computed in the program, its index arithmetic was fused into every gathered cell)."""
+  at: Array            # first cell of the computed window of new values
+  region_start: Array  # first cell of the input region it reads (in padded coordinates)
+  offset: Array        # the lower window's new values' first cell inside that region
+
+
+def _groups(spec, image_shape, patch, stride, field_threshold=None, winograd=False):
+  """The occluder positions in groups, each with static windows: [(plan, windows, index)].
+
+  index: the group's positions, numbered row-major in the (I, J) grid. An occluder near the
+  image's border changes fewer cells, so without a field threshold each axis's positions
+  may split in two classes by the cells they change (smallest first): each group, a class
+  of rows times one of columns, computes windows of its own size. Per axis, the split with
+  the fewest convolution multiply-adds (_macs) is taken if it saves _MIN_SAVING of them
+  and each class holds _MIN_CLASS positions or more; otherwise one group."""
+  starts = [np.arange(positions(n, patch, stride)) * stride for n in image_shape[:2]]
+  channels = {name: shape[-1] for name, shape in architecture.shapes(spec, image_shape).items()}
+  channels['input'] = image_shape[-1]
+
+  def cost(rows, cols):
+    plan, _ = _group(spec, image_shape, patch, rows, cols, field_threshold, winograd)
+    return len(rows) * len(cols) * _macs(plan, channels)
+
+  classes = [[s] for s in starts]
+  if field_threshold is None:
+    classes = [_split(spec, image_shape, patch, 0, starts[0], lambda c: cost(c, starts[1])),
+               _split(spec, image_shape, patch, 1, starts[1], lambda c: cost(starts[0], c))]
+  groups = []
+  for rows in classes[0]:
+    for cols in classes[1]:
+      plan, windows = _group(spec, image_shape, patch, rows, cols, field_threshold, winograd)
+      windows = [_Window(*(_grid(*pair) for pair in window)) for window in windows]
+      index = (rows // stride)[:, None] * len(starts[1]) + cols // stride
+      groups.append((plan, windows, index.ravel()))
+  return groups
+
+
+def _split(spec, image_shape, patch, axis, starts, cost):
+  """One axis's occluder starts as classes: [starts], or split in two (_groups).
+
+  Ordered by the cells they change (their windows' sizes summed over the layers), the
+  first t and the rest, each of _MIN_CLASS or more: the t of the least summed cost(class),
+  if that saves _MIN_SAVING of cost(starts)."""
+  size = lambda s: sum(exact for exact, _, _ in _axis(spec, image_shape, axis, s[None], patch))
+  order = sorted(starts, key=size)
+  splits = [(np.sort(order[:t]), np.sort(order[t:]))
+            for t in range(_MIN_CLASS, len(order) - _MIN_CLASS + 1)]
+  costs = [cost(small) + cost(large) for small, large in splits]
+  if costs and min(costs) <= (1 - _MIN_SAVING) * cost(starts):
+    return list(splits[int(np.argmin(costs))])
+  return [starts]
+
+
+def _plan(spec, image_shape, patch, field_threshold=None, winograd=False, stride=1):
+  """The static windows of one group of all occluders `stride` apart (_group)."""
+  starts = [np.arange(positions(n, patch, stride)) * stride for n in image_shape[:2]]
+  return _group(spec, image_shape, patch, *starts, field_threshold, winograd)[0]
+
+
+@functools.lru_cache(maxsize=64)
+def _maps(spec, image_shape):
+  """(record, its input's name, input size, output size) of each map layer, in order."""
   sizes = architecture.shapes(spec, image_shape)
-  steps = []
-  window = (patch, patch)
-  input_name, input_size = 'input', tuple(image_shape[:2])
+  maps, input_name = [], 'input'
   for record in spec:
     if isinstance(record, (Dense, AvgPool)):
       break
-    k, s, _ = _kernel_stride_pad(record)
-    map_size = sizes[record.name][:2]
-    exact = tuple(min(n, (w + k - 2) // s + 1) for w, n in zip(window, map_size))
-    window = exact
-    if field_threshold is not None:
-      window = tuple(min(e, max(1, math.ceil(field_threshold * n)))
-                     for e, n in zip(exact, map_size))
-    tile = _winograd_tile(window, map_size) if (
+    maps.append((record, input_name, sizes.get(input_name, image_shape)[:2],
+                 sizes[record.name][:2]))
+    input_name = record.name
+  return maps
+
+
+def _axis(spec, image_shape, axis, starts, patch, field_threshold=None):
+  """Per map layer along one axis, for occluders at `starts`: (exact, size, first).
+
+  Each occluder's run of changed cells [lo, hi] at a layer (inside its map) is the cells
+  whose input window reaches the lower layer's run. exact: the longest run; size: exact,
+  or with a field threshold tau at most ceil(tau * n) of the layer's n cells; first: each
+  occluder's window start (N,), its run's start (centred on the run where capped), kept
+  inside the map. A capped window passes on only its part of the run."""
+  lo, hi = starts, starts + patch - 1
+  out = []
+  for record, _, _, map_size in _maps(spec, image_shape):
+    k, s, p = _kernel_stride_pad(record)
+    n = map_size[axis]
+    lo, hi = np.maximum(-((-(lo + p - k + 1)) // s), 0), np.minimum((hi + p) // s, n - 1)
+    exact = max(1, int((hi - lo).max()) + 1)
+    size = exact if field_threshold is None else min(
+        exact, max(1, math.ceil(field_threshold * n)))
+    first = np.clip(lo + np.maximum(hi - lo + 1 - size, 0) // 2, 0, n - size)
+    lo, hi = np.maximum(lo, first), np.minimum(hi, first + size - 1)
+    out.append((exact, size, first))
+  return out
+
+
+def _group(spec, image_shape, patch, rows, cols, field_threshold, winograd):
+  """Plan and windows of the occluders whose top-left pixels are rows x cols (row-major).
+
+  The plan: per map layer, the changed window's static size (the longest run of changed
+  cells per axis, _axis), with Winograd the window computed rounded up to whole tiles
+  (_winograd_tile; its extra cells recompute unchanged values). The windows: per layer,
+  the fields of a _Window as (row, column) pairs of arrays, rows (R,) and columns (C,):
+  where each occluder's computed window lies, kept inside the map."""
+  per_axis = [_axis(spec, image_shape, axis, np.asarray(starts), patch, field_threshold)
+              for axis, starts in enumerate((rows, cols))]
+  steps, windows = [], []
+  at = (np.asarray(rows), np.asarray(cols))
+  for (record, input_name, input_size, map_size), *sizes in zip(_maps(spec, image_shape),
+                                                               *per_axis):
+    exact, size, first = (tuple(x) for x in zip(*sizes))
+    k, s, p = _kernel_stride_pad(record)
+    tile = _winograd_tile(size, map_size) if (
         winograd and isinstance(record, Conv) and -(-k // s) == 3) else 0
-    computed = tuple(-(-w // tile) * tile for w in window) if tile else window
-    steps.append(_Step(record, input_name, window, exact, map_size, input_size, tile,
-                       computed))
-    input_name, input_size = record.name, map_size
-  return steps
+    computed = tuple(-(-w // tile) * tile for w in size) if tile else size
+    steps.append(_Step(record, input_name, size, exact, map_size, input_size, tile, computed))
+    if isinstance(record, Norm):  # per cell: the same window (only `at` is read)
+      windows.append((at, at, tuple(np.zeros_like(a) for a in at)))
+      continue
+    new_at = tuple(np.clip(f, 0, n - c) for f, n, c in zip(first, map_size, computed))
+    region = tuple(a * s for a in new_at)
+    windows.append((new_at, region, tuple(a + p - r for a, r in zip(at, region))))
+    at = new_at
+  return steps, windows
+
+
+def _grid(rows, cols):
+  """(R * C, 2) int32: per-row and per-column values for each of rows x cols, row-major."""
+  return jnp.asarray(np.stack(np.broadcast_arrays(rows[:, None], cols[None]), -1).reshape(
+      -1, 2), jnp.int32)
+
+
+def _macs(plan, channels) -> int:
+  """Multiply-adds of one occluder's convolution windows (Winograd: its tiles' products)."""
+  total = 0
+  for step in plan:
+    if isinstance(step.record, Conv):
+      k, s, _ = _kernel_stride_pad(step.record)
+      taps = (step.tile + 2) ** 2 * s * s / step.tile ** 2 if step.tile else k * k
+      total += (math.prod(step.computed_size) * taps * channels[step.input_name]
+                * step.record.features)
+  return total
 
 
 def _winograd_tile(window, map_size) -> int:
@@ -230,46 +359,23 @@ def _kernel_stride_pad(record):
   return 1, 1, 0
 
 
-class _Window(NamedTuple):
-  """Where one occluder's windows of a step lie, (2,) int32 each (row, column).
+def _group_params(params, plan, kernels):
+  """params with the Winograd-transformed kernel of each of the plan's tiled convolutions.
 
-  Static geometry, laid out once in NumPy for all positions: the vmapped program only loads
-  it (computed in the program, its index arithmetic was fused into every gathered cell)."""
-  at: Array            # first cell of the computed window of new values
-  region_start: Array  # first cell of the input region it reads (in padded coordinates)
-  offset: Array        # the lower window's new values' first cell inside that region
-
-
-def _windows(plan, starts) -> list[_Window]:
-  """Per step, the windows of every occluder whose top-left pixel is a row of `starts` (N, 2).
-
-  Arrays (N, 2). A step's changed window starts at the first output cell whose input window
-  reaches the changed input cells, kept inside the map; the computed window is the same, or
-  with Winograd rounded up to whole tiles (its extra cells recompute unchanged values), or
-  with a field threshold the capped window centred on the exact one (changes just beyond the
-  cap are kept from the lower layer's values)."""
-  start = at = np.asarray(starts, np.int64)
-  windows = []
+  kernels: the transformed kernels by (layer, tile), shared between groups (filled in)."""
+  params = dict(params)
   for step in plan:
-    if isinstance(step.record, Norm):  # per cell: the same window (only `at` is read)
-      windows.append(_Window(at, at, np.zeros_like(at)))
-      continue
-    k, s, p = _kernel_stride_pad(step.record)
-    first = -((-(start + p - k + 1)) // s)
-    centred = first + (np.array(step.exact_size) - np.array(step.size)) // 2
-    new_start = np.clip(centred, 0, np.array(step.map_size) - np.array(step.size))
-    new_at = np.clip(centred, 0, np.array(step.map_size) - np.array(step.computed_size))
-    region_start = new_at * s
-    windows.append(_Window(new_at, region_start, at + p - region_start))
-    start, at = new_start, new_at
-  return [_Window(*(jnp.asarray(a, jnp.int32) for a in window)) for window in windows]
+    if step.tile:
+      name, key = step.record.name, (step.record.name, step.tile)
+      if key not in kernels:
+        kernels[key] = _winograd_kernel(params[name]['kernel'], step.tile, step.record.stride)
+      params[name] = dict(params[name], kernel=kernels[key])
+  return params
 
 
-def _incremental(model, params, cache, plan, windows, fill, patch, layer, channel):
-  """Logits and feature sum for one occluder.
-
-  Logits and feature sum for one occluder, whose windows (one _Window per step) were
-  laid out by _windows."""
+def _incremental(model, params, cache, plan, windows, *, fill, patch, layer, channel):
+  """Logits and feature sum for one occluder, whose windows (one _Window per step) were
+  laid out by _group."""
   values = jnp.full((patch, patch, 3), fill, cache['input'].dtype)
   feature = None
   for step, window in zip(plan, windows):

@@ -374,8 +374,7 @@ def _group_params(params, plan, kernels):
 
 
 def _incremental(model, params, cache, plan, windows, *, fill, patch, layer, channel):
-  """Logits and feature sum for one occluder, whose windows (one _Window per step) were
-  laid out by _group."""
+  """Logits and feature sum for one occluder; its windows (a _Window per step) from _group."""
   values = jnp.full((patch, patch, 3), fill, cache['input'].dtype)
   feature = None
   for step, window in zip(plan, windows):

@@ -7,6 +7,10 @@ every entry of every channel of conv1..conv5.
     python benchmarks/top9.py --quick           # 32 images, conv1 and conv5
     python benchmarks/top9.py --images 128 --batch_size 32 --layers conv2,conv5
     python benchmarks/top9.py --per_layer       # topk.project layer by layer (the old way)
+    python benchmarks/top9.py --forward_again   # project_layers' own forward passes
+
+By default the search keeps each batch's projection cache (topk.search(..., keep=...),
+made from its own forward pass), and topk.project_layers projects from those.
 
 ZFNet's conv layers (the paper's geometry and widths; the classifier is left out, it plays
 no part) with He-normal random weights so every layer is alive, on random images at the
@@ -50,6 +54,9 @@ def parse_args(argv=None):
   parser.add_argument('--per_layer', action='store_true',
                       help='project layer by layer (topk.project: a forward pass per call) '
                            'instead of all layers from shared forward passes')
+  parser.add_argument('--forward_again', action='store_true',
+                      help='project_layers runs its own forward passes instead of using the '
+                           'caches the search keeps (topk.search(..., keep=...))')
   parser.add_argument('--units_per_call', type=int, default=64)
   parser.add_argument('--rule', default='deconvnet')
   parser.add_argument('--seed', type=int, default=0)
@@ -120,21 +127,24 @@ def run(args) -> dict:
   clock = CompileClock()
   rows = []
   with common.MemorySampler() as memory:
+    kept = None if args.per_layer or args.forward_again else []
     results, search_s, search_compile_s = timed(
-        lambda: topk.search(model, variables, data(), args.layers, args.k), clock)
+        lambda: topk.search(model, variables, data(), args.layers, args.k, keep=kept,
+                            keep_rule=args.rule), clock)
     images, gather_s, _ = timed(lambda: topk.gather_images(data(), results), clock)
     if args.per_layer:
       for layer in args.layers:
         rows.append(project_layer(model, variables, results[layer], images, layer, args,
                                   clock))
     else:
-      rows = project_all(model, variables, results, images, args, clock)
+      rows = project_all(model, variables, results, images, args, clock, kept)
   project_s = sum(r['project_s'] for r in rows)
   crops_s = sum(r['crops_s'] for r in rows)
   return {
       'benchmark': 'top9', 'images': args.images, 'batch_size': args.batch_size,
       'size': args.size, 'k': args.k, 'layers': list(args.layers), 'rule': args.rule,
       'images_per_call': args.images_per_call, 'units_per_call': args.units_per_call,
+      'kept_caches': kept is not None,
       'devices': len(jax.devices()), 'platform': jax.devices()[0].platform,
       'gathered_images': int(images.example.size),
       'search_s': round(search_s, 3), 'search_compile_s': round(search_compile_s, 3),
@@ -150,17 +160,19 @@ def run(args) -> dict:
       'per_layer': rows, 'env': common.environment()}
 
 
-def project_all(model, variables, results, images, args, clock) -> list:
+def project_all(model, variables, results, images, args, clock, kept) -> list:
   """Every layer's projections at once, then each layer's crops.
 
-  `topk.project_layers`: one forward pass per group of images serves all layers; timed as
-  a whole (reported on the first layer's row)."""
+  `topk.project_layers`: from the caches the search kept (by default), or one forward
+  pass per group of images serving all layers; timed as a whole (reported on the first
+  layer's row)."""
   wanted = {layer: (results[layer], np.broadcast_to(
       np.arange(results[layer].example.shape[0])[:, None], results[layer].example.shape))
             for layer in args.layers}
   projections, project_s, compile_s = timed(lambda: topk.project_layers(
       model, variables, wanted, images, rule=args.rule,
-      images_per_call=args.images_per_call, units_per_call=args.units_per_call), clock)
+      images_per_call=args.images_per_call, units_per_call=args.units_per_call,
+      kept=kept), clock)
   rows = []
   for i, layer in enumerate(args.layers):
     patches, crops_s, _ = timed(lambda layer=layer: topk.crops(model, results[layer], images,

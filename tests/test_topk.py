@@ -313,6 +313,19 @@ def test_projecting_several_layers_from_shared_forward_passes(model, variables, 
     assert scale > 0 and shared[name].pixels.shape == expected.pixels.shape
     np.testing.assert_allclose(shared[name].pixels, expected.pixels, atol=1e-6 * scale)
     np.testing.assert_array_equal(shared[name].valid, expected.valid)
+  # The caches the search keeps from its own forward pass: the same top-k, the same pixels.
+  kept = []
+  again = topk.search(model, variables, in_batches(images, 4), layers, K, keep=kept,
+                      keep_rule=rule)
+  for name in layers:
+    np.testing.assert_array_equal(again[name].example, results[name].example)
+  assert kept[-1].examples.tolist() == [8, 9, 10, -1]  # 11 images in 4s: a padded row
+  from_search = topk.project_layers(model, variables, wanted, gathered, rule=rule, kept=kept)
+  for name in layers:
+    np.testing.assert_allclose(from_search[name].pixels, shared[name].pixels, rtol=1e-5,
+                               atol=1e-6 * float(np.abs(shared[name].pixels).max()))
+  with pytest.raises(ValueError, match='keep must be a list'):
+    topk.search(model, variables, in_batches(images, 4), ['pool5'], K, keep=[])
   # The default grouping (as many images as a cache holds); conv1 alone needs no cache.
   alone = topk.project_layers(model, variables, {'conv1': wanted['conv1']}, gathered,
                               rule=rule)

@@ -233,20 +233,17 @@ def cache_bytes(spec, image_shape, layers: Sequence[str], rule: str = 'deconvnet
   total = 0
   for name, kind in _needed(spec, layers, rule, values):
     (height, width, channels), (before, after) = shapes[name], pads[name]
-    item = 4 if kind == 'map' or architecture.layer(spec, name).window ** 2 > 127 else 1
-    total += (height + before + after) * (width + before + after) * channels * item
+    total += (height + before + after) * (width + before + after) * channels * 4
   return total
 
 
 def _padded_cache(spec, images, maps, where, needed) -> 'Cache':
-  """The needed maps and switches, padded (`Cache`); switches as int8 where they fit."""
+  """The needed maps and switches, padded (`Cache`)."""
   pads = _pads(spec, images.shape[1:])
   pad = lambda x, name, value=0: jnp.pad(x, ((0, 0), pads[name], pads[name], (0, 0)),
                                          constant_values=value)
-  compact = lambda w, name: w.astype(
-      jnp.int8 if architecture.layer(spec, name).window ** 2 <= 127 else jnp.int32)
   return Cache(images, {n: pad(maps[n], n) for n, kind in needed if kind == 'map'},
-               {n: pad(compact(where[n], n), n, -1) for n, kind in needed if kind == 'switch'})
+               {n: pad(where[n], n, -1) for n, kind in needed if kind == 'switch'})
 
 
 # ------------------------------------------------------------- literal, in the cone
@@ -331,7 +328,7 @@ class Cache(NamedTuple):
   images: the batch (N, H, W, 3); maps: {name: (N, h', w', C)} the post-ReLU maps the
   projections read (each layer's own, for its units' values, unless made with
   values=False; and what the rule needs); switches: {pool name: (N, h', w', C)} of the
-  pools below them (int8 where a window has at most 127 cells). Each array is padded
+  pools below them (int32: int8 ones ran the chain ~20% slower). Each array is padded
   around its rows and columns so that every unit's window slices from it without clamping
   (switches with -1, which no cell matches: unpooling drops what falls outside a map)."""
   images: Array
@@ -383,18 +380,50 @@ def project_cached(model: models.ConvNet, variables, cache: Cache, layer: str, i
                          layer=layer, rule=rule, chunk_size=chunk_size)
 
 
+def cache_inputs(spec, layers: Sequence[str], rule: str = 'deconvnet',
+                 values: bool = True) -> tuple[str, ...]:
+  """The map layers a cache for `layers` is made from: the maps it keeps, each pool's input.
+
+  In the spec's order ('input' left out): what `cache_from_maps` reads of a
+  `models.activations` pass."""
+  names = architecture.layer_names(spec)
+  wanted = {name if kind == 'map' else (('input',) + names)[names.index(name)]
+            for name, kind in _needed(spec, layers, rule, values)}
+  return tuple(name for name in names if name in wanted)
+
+
+def cache_from_maps(model: models.ConvNet, images: Array, maps: dict, layers: Sequence[str],
+                    rule: str = 'deconvnet', values: bool = True) -> Cache:
+  """`forward_cache` from a forward pass already made (maps: at least `cache_inputs`).
+
+  Lets a pass that needs the maps anyway (the top-k search) keep the cache too."""
+  needed = _needed(model.spec, layers, rule, values)
+  inputs = {name: x for name, x in dict(maps, input=images).items()
+            if name in ('input',) + cache_inputs(model.spec, layers, rule, values)}
+  # A few images at a time: each window's nine slices then read the map from the cache.
+  where = ops.in_chunks(lambda part: _switches(model.spec, part, needed), inputs,
+                        FORWARD_IMAGES)
+  return _padded_cache(model.spec, images, maps, where, needed)
+
+
+def _switches(spec, maps, needed) -> dict:
+  """{pool: its switches} for the pools in `needed`, from their inputs in `maps`."""
+  names = ('input',) + architecture.layer_names(spec)
+  return {name: ops.switches(maps[names[names.index(name) - 1]], architecture.layer(spec, name))
+          for name, kind in needed if kind == 'switch'}
+
+
 @functools.partial(jax.jit, static_argnames=('model', 'layers', 'rule', 'values'))
 def _cache(model, variables, images, *, layers, rule, values):
   needed = _needed(model.spec, layers, rule, values)
-  if not needed:  # conv1's units with their values given: the chain reads nothing
+  inputs = cache_inputs(model.spec, layers, rule, values)
+  if not inputs:  # conv1's units with their values given: the chain reads nothing
     return Cache(images, {}, {})
-  names = architecture.layer_names(model.spec)
-  top = max((name for name, _ in needed), key=names.index)
 
-  def step(chunk):
-    maps, where = _forward(model, variables, chunk[0], top)
+  def step(chunk):  # a few images at a time: bounds the maps' memory
+    maps = dict(models.activations(model, variables, chunk[0], inputs), input=chunk[0])
     return ({n: maps[n] for n, kind in needed if kind == 'map'},
-            {n: where[n] for n, kind in needed if kind == 'switch'})
+            _switches(model.spec, maps, needed))
 
   maps, where = ops.in_chunks(step, (images,), FORWARD_IMAGES)
   return _padded_cache(model.spec, images, maps, where, needed)

@@ -48,6 +48,16 @@ class Images(NamedTuple):
   image: Array
 
 
+class Kept(NamedTuple):
+  """A batch's projection cache, kept by `search(..., keep=...)` for `project_layers`.
+
+  examples: (B,) NumPy int, the example number of each row of cache.images (-1: padding).
+  cache: the `deconv.Cache` of those rows for projecting the searched conv layers, its
+    switches narrowed to int8 where they fit (`project_layers` widens them back)."""
+  examples: np.ndarray
+  cache: deconv.Cache
+
+
 class Patches(NamedTuple):
   """Square windows of images or projections, one per top-k entry, for a grid figure.
 
@@ -66,7 +76,8 @@ class Patches(NamedTuple):
 
 
 def search(model: models.ConvNet, variables, batches: Iterable, layers: Sequence[str] = (
-    'conv5',), k: int = 9, mesh: Optional[Mesh] = None) -> dict[str, TopK]:
+    'conv5',), k: int = 9, mesh: Optional[Mesh] = None, keep: Optional[list] = None,
+           keep_rule: str = 'deconvnet') -> dict[str, TopK]:
   """The k strongest activations of every channel of each layer over a dataset.
 
   Args:
@@ -76,6 +87,13 @@ def search(model: models.ConvNet, variables, batches: Iterable, layers: Sequence
     layers: map layer names (a single name is fine).
     k: entries per channel.
     mesh: a mesh with axis 'data' (default: `parallel.create_mesh()`, all devices).
+    keep: a list, or None. Given, each batch's cache for projecting the searched conv
+      layers with `keep_rule` is appended to it (a `Kept`), made from the search's own
+      forward pass: `project_layers(..., kept=keep)` then runs none. It holds
+      `deconv.cache_bytes(spec, image shape, layers, keep_rule, values=False)` bytes per
+      image (0.7 MiB for ZFNet at 224x224 with the deconvnet rule) plus the images: for
+      datasets that fit in memory.
+    keep_rule: the rule the kept caches serve ('deconvnet', 'guided' or 'backprop').
   Returns:
     {layer: TopK} with (C, k) arrays, replicated over the mesh (docs/analyses.md).
   """
@@ -85,6 +103,14 @@ def search(model: models.ConvNet, variables, batches: Iterable, layers: Sequence
   if not isinstance(batches, Iterable) or isinstance(batches, (np.ndarray, jax.Array, dict)):
     raise ValueError(f'batches must be an iterable of image batches (a list, a generator; '
                      f'one array of images: [images]), got {type(batches).__name__}')
+  conv_layers = tuple(name for name in layers if name in architecture.conv_names(model.spec))
+  if keep is not None and not (isinstance(keep, list) and conv_layers):
+    raise ValueError(f'keep must be a list (the caches are appended to it) and layers must '
+                     f'include a conv layer; got keep={type(keep).__name__}, '
+                     f'layers={list(layers)}')
+  if keep is not None and keep_rule not in deconv.RULES:
+    raise ValueError(f'unknown keep_rule {keep_rule!r}; choose one of {deconv.RULES}')
+  kept_for = None if keep is None else (conv_layers, keep_rule)
   mesh = mesh or parallel.create_mesh()
   replicated = NamedSharding(mesh, P())
   rows = NamedSharding(mesh, P(parallel.DATA))
@@ -97,9 +123,12 @@ def search(model: models.ConvNet, variables, batches: Iterable, layers: Sequence
     images, mask = unpack_batch(batch)
     size = max(size, -(-images.shape[0] // devices) * devices)
     images, mask = pad_batch(images, mask, size)
-    state = _update(model, layers, replicated, variables, state,
-                    jax.device_put(images, rows), jax.device_put(mask, rows),
-                    jnp.asarray(seen, jnp.int32))
+    state, cache = _update(model, layers, replicated, kept_for, variables, state,
+                           jax.device_put(images, rows), jax.device_put(mask, rows),
+                           jnp.asarray(seen, jnp.int32))
+    if keep is not None:  # the switches as int8 while kept, where they fit
+      keep.append(Kept(np.where(mask, seen + np.cumsum(mask) - 1, -1),
+                       cache._replace(switches=_compact(model.spec, cache.switches))))
     seen += int(np.sum(mask))
   return state
 
@@ -135,15 +164,20 @@ def merge(a: TopK, b: TopK, k: int) -> TopK:
   return TopK(values, *(jnp.where(filled, v[:, :k], -1) for v in (example, y, x)))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _update(model, layers, replicated, variables, state, images, mask, offset):
-  maps = models.activations(model, variables, images, layers)
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _update(model, layers, replicated, kept_for, variables, state, images, mask, offset):
+  """The merged top-k after one batch, and its kept cache (None unless kept_for)."""
+  names = layers + (deconv.cache_inputs(model.spec, *kept_for, values=False) if kept_for
+                    else ())
+  maps = models.activations(model, variables, images, tuple(dict.fromkeys(names)))
   example = offset + jnp.cumsum(mask, dtype=jnp.int32) - 1
   out = {}
   for name in layers:
     k = state[name].values.shape[1]
     out[name] = merge(state[name], candidates(maps[name], mask, example), k)
-  return lax.with_sharding_constraint(out, replicated)
+  cache = deconv.cache_from_maps(model, images, maps, *kept_for, values=False) if (
+      kept_for) else None
+  return lax.with_sharding_constraint(out, replicated), cache
 
 
 def unpack_batch(batch):
@@ -314,7 +348,7 @@ CACHE_BYTES = 1 << 27  # project_layers' forward caches hold at most this many b
 
 def project_layers(model: models.ConvNet, variables, wanted: dict, images: Images,
                    rule: str = 'deconvnet', images_per_call: Optional[int] = None,
-                   units_per_call: int = 64) -> dict:
+                   units_per_call: int = 64, kept: Optional[Sequence[Kept]] = None) -> dict:
   """Projections of entries of several layers, each image's forward pass shared by all.
 
   `wanted`: {layer: (entries, channel)}, entries a TopK of any shape and channel of the
@@ -324,7 +358,10 @@ def project_layers(model: models.ConvNet, variables, wanted: dict, images: Image
   projections read (with the deconvnet rule, the highest pool below the layers: each
   entry is seeded with its own value), then every entry of every layer on those images in
   calls of `units_per_call` (`deconv.project_cached`, each projection computed only on
-  its window). Returns {layer: Patches} with NumPy pixels, equal to `project_entries`'s."""
+  its window). kept: the caches `search(..., keep=...)` kept with this rule (one per
+  batch, covering every entry's example): no forward pass at all, `images` then only
+  gives the geometry. Returns {layer: Patches} with NumPy pixels, equal to
+  `project_entries`'s."""
   layers = tuple(wanted)
   if not layers:
     return {}
@@ -332,12 +369,44 @@ def project_layers(model: models.ConvNet, variables, wanted: dict, images: Image
   for layer, (entries, channel) in wanted.items():
     geometry[layer] = _geometry(model.spec, layer, entries, images)
     example = np.asarray(entries.example).reshape(-1)
-    rows = np.asarray(_rows(images, example))
+    key = example if kept is not None else np.asarray(_rows(images, example))
     flat[layer] = (np.asarray(channel, np.int32).reshape(-1), np.flatnonzero(example >= 0),
-                   rows, *(np.asarray(a).reshape(-1) for a in (entries.y, entries.x,
-                                                               entries.values)))
+                   key, *(np.asarray(a).reshape(-1) for a in (entries.y, entries.x,
+                                                              entries.values)))
   pixels = {layer: np.zeros((flat[layer][2].size, *geometry[layer].valid.shape[-2:],
                              images.image.shape[-1]), np.float32) for layer in layers}
+  if kept is None:
+    groups = _forward_caches(model, variables, images, flat, rule, images_per_call)
+  else:
+    groups = ((np.asarray(part.examples), part.cache._replace(switches=jax.tree.map(
+        lambda w: w.astype(jnp.int32), part.cache.switches))) for part in kept)
+  for group, cache in groups:  # the keys (image rows or examples) of a cache's rows
+    row_of = {key: row for row, key in enumerate(group) if key >= 0}
+    for layer in layers:
+      channel, filled, key, y, x, value = flat[layer]
+      chosen = filled[np.isin(key[filled], list(row_of))]
+      for first in range(0, chosen.size, units_per_call):
+        part = chosen[first:first + units_per_call]
+        unit = lambda a, part=part: _pad_to(a[part], units_per_call)
+        rows = np.array([row_of[k] for k in key[part]])
+        windows = deconv.project_cached(
+            model, variables, cache, layer, _pad_to(rows, units_per_call), unit(channel),
+            unit(y), unit(x), rule=rule, chunk_size=units_per_call, value=unit(value))
+        pixels[layer][part] = np.asarray(windows)[:part.size]
+  # Windows are zero outside the image, unfilled entries never written: no mask to apply.
+  return {layer: geometry[layer]._replace(pixels=pixels[layer].reshape(
+      *np.shape(wanted[layer][0].example), *pixels[layer].shape[1:])) for layer in layers}
+
+
+def _compact(spec, switches: dict) -> dict:
+  """Switches (window positions, -1 outside a map) as int8 where every position fits."""
+  return {name: where.astype(jnp.int8) if architecture.layer(spec, name).window ** 2 <= 128
+          else where for name, where in switches.items()}
+
+
+def _forward_caches(model, variables, images, flat, rule, images_per_call):
+  """(rows of `images`, their `deconv.forward_cache`) for every image an entry names."""
+  layers = tuple(flat)
   needed = np.unique(np.concatenate([flat[layer][2][flat[layer][1]] for layer in layers]))
   if images_per_call is None:
     per_image = deconv.cache_bytes(model.spec, images.image.shape[1:], layers, rule,
@@ -346,21 +415,9 @@ def project_layers(model: models.ConvNet, variables, wanted: dict, images: Image
     images_per_call = max(1, -(-needed.size // max(calls, 1)))  # evened out
   for start in range(0, needed.size, images_per_call):
     group = needed[start:start + images_per_call]
-    cache = deconv.forward_cache(model, variables, images.image[_pad_to(group, images_per_call)],
-                                 layers, rule=rule, values=False)
-    for layer in layers:
-      channel, filled, rows, y, x, value = flat[layer]
-      chosen = filled[np.isin(rows[filled], group)]
-      for first in range(0, chosen.size, units_per_call):
-        part = chosen[first:first + units_per_call]
-        unit = lambda a, part=part: _pad_to(a[part], units_per_call)
-        windows = deconv.project_cached(
-            model, variables, cache, layer, unit(np.searchsorted(group, rows)), unit(channel),
-            unit(y), unit(x), rule=rule, chunk_size=units_per_call, value=unit(value))
-        pixels[layer][part] = np.asarray(windows)[:part.size]
-  # Windows are zero outside the image, unfilled entries never written: no mask to apply.
-  return {layer: geometry[layer]._replace(pixels=pixels[layer].reshape(
-      *np.shape(wanted[layer][0].example), *pixels[layer].shape[1:])) for layer in layers}
+    yield group, deconv.forward_cache(model, variables,
+                                      images.image[_pad_to(group, images_per_call)], layers,
+                                      rule=rule, values=False)
 
 
 def paste(patches: Patches, image_shape: Sequence[int]) -> Array:

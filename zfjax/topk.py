@@ -89,10 +89,9 @@ def search(model: models.ConvNet, variables, batches: Iterable, layers: Sequence
     mesh: a mesh with axis 'data' (default: `parallel.create_mesh()`, all devices).
     keep: a list, or None. Given, each batch's cache for projecting the searched conv
       layers with `keep_rule` is appended to it (a `Kept`), made from the search's own
-      forward pass: `project_layers(..., kept=keep)` then runs none. It holds
-      `deconv.cache_bytes(spec, image shape, layers, keep_rule, values=False)` bytes per
-      image (0.7 MiB for ZFNet at 224x224 with the deconvnet rule) plus the images: for
-      datasets that fit in memory.
+      forward pass: `project_layers(..., kept=keep)` then runs none. It holds every
+      image's cache (switches as int8: 0.7 MiB an image for ZFNet at 224x224 with the
+      deconvnet rule) and the images: for datasets that fit in memory.
     keep_rule: the rule the kept caches serve ('deconvnet', 'guided' or 'backprop').
   Returns:
     {layer: TopK} with (C, k) arrays, replicated over the mesh (docs/analyses.md).

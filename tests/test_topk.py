@@ -324,6 +324,8 @@ def test_projecting_several_layers_from_shared_forward_passes(model, variables, 
   for name in layers:
     np.testing.assert_allclose(from_search[name].pixels, shared[name].pixels, rtol=1e-5,
                                atol=1e-6 * float(np.abs(shared[name].pixels).max()))
+  with pytest.raises(ValueError, match='do not hold every example'):
+    topk.project_layers(model, variables, wanted, gathered, rule=rule, kept=kept[:1])
   with pytest.raises(ValueError, match='keep must be a list'):
     topk.search(model, variables, in_batches(images, 4), ['pool5'], K, keep=[])
   # The default grouping (as many images as a cache holds); conv1 alone needs no cache.

@@ -379,11 +379,13 @@ def project_layers(model: models.ConvNet, variables, wanted: dict, images: Image
   else:
     groups = ((np.asarray(part.examples), part.cache._replace(switches=jax.tree.map(
         lambda w: w.astype(jnp.int32), part.cache.switches))) for part in kept)
+  covered = {layer: 0 for layer in layers}
   for group, cache in groups:  # the keys (image rows or examples) of a cache's rows
     row_of = {key: row for row, key in enumerate(group) if key >= 0}
     for layer in layers:
       channel, filled, key, y, x, value = flat[layer]
       chosen = filled[np.isin(key[filled], list(row_of))]
+      covered[layer] += chosen.size
       for first in range(0, chosen.size, units_per_call):
         part = chosen[first:first + units_per_call]
         unit = lambda a, part=part: _pad_to(a[part], units_per_call)
@@ -392,6 +394,11 @@ def project_layers(model: models.ConvNet, variables, wanted: dict, images: Image
             model, variables, cache, layer, _pad_to(rows, units_per_call), unit(channel),
             unit(y), unit(x), rule=rule, chunk_size=units_per_call, value=unit(value))
         pixels[layer][part] = np.asarray(windows)[:part.size]
+  missing = [layer for layer in layers if covered[layer] != flat[layer][1].size]
+  if missing:
+    raise ValueError(f'the kept caches do not hold every example that the entries of '
+                     f'{missing} name: pass the list that search(..., keep=...) filled '
+                     f'in the search that found them')
   # Windows are zero outside the image, unfilled entries never written: no mask to apply.
   return {layer: geometry[layer]._replace(pixels=pixels[layer].reshape(
       *np.shape(wanted[layer][0].example), *pixels[layer].shape[1:])) for layer in layers}

@@ -37,6 +37,7 @@ def test_the_same_net_twice_scores_as_the_single_net(digits_smoke_run):
   assert member['conv_features'] == [8, 8, 8, 8, 8] and member['num_classes'] == 10
 
 
+@pytest.mark.slow  # full tier (the default one: test_training's in-memory ensemble)
 def test_two_nets_average_their_softmax(digits_smoke_run):
   workdirs = [digits_smoke_run(0), digits_smoke_run(1)]
   result = ensemble.evaluate_workdirs(workdirs, step=2)

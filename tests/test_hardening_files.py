@@ -140,6 +140,7 @@ def test_damaged_weights_files_are_one_line_errors(tmp_path):
 # ----------------------------------------------------------------------- safetensors
 
 
+@pytest.mark.slow  # full tier (safetensors round trips stay in the default one)
 def test_safetensors_of_a_pytorchcv_state_dict_imports_as_the_pth(tmp_path):
   """A state dict written by torch.save and by safetensors imports as the same params.
 

@@ -246,6 +246,7 @@ def imported(zfnet, tmp_path_factory):
   return source, out
 
 
+@pytest.mark.slow  # full tier (the imports by function are checked in the default one)
 def test_cli_import_restores_the_same_model(zfnet, imported):
   _, out = imported
   config, params = checkpoints.restore_params(out)

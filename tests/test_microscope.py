@@ -315,6 +315,7 @@ def test_mistakes_exit_2_with_one_line_and_leave_no_site(digits_smoke_run, tmp_p
   assert sorted(p.name for p in tmp_path.iterdir()) == ['empty_workdir', 'taken.html']
 
 
+@pytest.mark.slow  # full tier (the other mistakes exit 2 in the default one)
 def test_dataset_not_here_exits_2(tmp_path, capsys):
   """A net whose dataset (imagenet2012) is not here: no sample-photo stand-in."""
   from zfjax.configs import zfnet  # pylint: disable=import-outside-toplevel

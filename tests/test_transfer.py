@@ -331,6 +331,7 @@ def fake_voc(self, split, decoders=None, read_config=None, **kwargs):
       'image': tf.TensorSpec((), tf.string), 'labels': tf.TensorSpec((None,), tf.int64)})
 
 
+@pytest.mark.slow  # full tier (TFDS's mock data: test_train_imagenet_mock in the default one)
 def test_mock_caltech101_and_voc(source_dir, tmp_path):
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   source = transfer.load_source(source_dir)

@@ -109,16 +109,22 @@ ALL_CONV = (
 )
 
 
-@pytest.mark.parametrize('layer,y,x', [('conv1', 0, 0), ('conv1', 109, 50), ('pool1', 0, 53),
-                                       ('conv2', 3, 20), ('conv5', 0, 0), ('conv5', 5, 11),
-                                       ('conv5', 11, 11)])
+SLOW = pytest.mark.slow  # the full tier: more positions of the same check
+
+
+@pytest.mark.parametrize('layer,y,x', [
+    ('conv1', 0, 0), pytest.param('conv1', 109, 50, marks=SLOW),
+    pytest.param('pool1', 0, 53, marks=SLOW), pytest.param('conv2', 3, 20, marks=SLOW),
+    pytest.param('conv5', 0, 0, marks=SLOW), ('conv5', 5, 11),
+    pytest.param('conv5', 11, 11, marks=SLOW)])
 def test_receptive_field_is_the_support_of_the_units_gradient(layer, y, x):
   support = _gradient_support(ALL_CONV, ('conv1', 'pool1', 'conv2', 'conv5'), layer, y, x,
                               jnp.ones((1, 224, 224, 3)))
   np.testing.assert_array_equal(support, _window_mask(ALL_CONV, layer, y, x))
 
 
-@pytest.mark.parametrize('layer,y,x', [('conv2', 25, 0), ('conv5', 6, 6), ('pool5', 5, 5)])
+@pytest.mark.parametrize('layer,y,x', [pytest.param('conv2', 25, 0, marks=SLOW),
+                                       ('conv5', 6, 6), pytest.param('pool5', 5, 5, marks=SLOW)])
 def test_zfnet_gradients_stay_inside_the_receptive_field(layer, y, x):
   spec = architecture.zfnet(num_classes=2, conv_features=(4, 4, 4, 4, 4), fc_features=(2, 2))
   image = 1.0 + np.random.default_rng(3).uniform(size=(1, 224, 224, 3)).astype(np.float32)

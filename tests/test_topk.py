@@ -272,7 +272,8 @@ def test_unfilled_entries_give_empty_patches(model, variables):
     assert np.asarray(patches.valid[:, :2]).any(axis=(-1, -2)).all()
 
 
-@pytest.mark.parametrize('layer', ['conv1', 'conv5'])
+# conv5 in the full tier (the default one projects conv5 in the shared-forward test)
+@pytest.mark.parametrize('layer', ['conv1', pytest.param('conv5', marks=pytest.mark.slow)])
 def test_projections_equal_project_units_on_the_same_units(model, variables, found, layer):
   images, results = found
   result = results[layer]

@@ -144,17 +144,20 @@ def _is_nhwc(dimension_numbers, ndim) -> bool:
           == lax.conv_dimension_numbers(shape, shape, _NHWC))
 
 
-IMAGES_PER_CONV = 2  # images per lax convolution when `conv` is evaluated
+IMAGES_PER_CONV = 2  # images per lax convolution when `conv` is evaluated on large maps
+LARGE_IMAGE_BYTES = 1 << 17  # an input image (map) from this size is a large one
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
 def conv(x: Array, kernel: Array, stride: int, padding, precision=None) -> Array:
   """An NHWC x HWIO convolution (lax's) whose derivatives are matrix products.
 
-  padding: ((low, high), (low, high)), zeros. Evaluated alone it is lax's convolution,
-  run IMAGES_PER_CONV images at a time (`lax.map` with a batch size): XLA's CPU
-  convolution keeps a few images in cache where a large batch spills (ZFNet's conv2 at
-  32 images: 490 -> 232 ms); the values are a whole batch's up to float32 rounding.
+  padding: ((low, high), (low, high)), zeros. Evaluated alone it is lax's convolution; on
+  large maps (LARGE_IMAGE_BYTES an image and more) it runs IMAGES_PER_CONV images at a
+  time (`lax.map` with a batch size): XLA's CPU convolution keeps a few images in cache
+  where a large batch spills (ZFNet's conv2 at 32 images: 490 -> 232 ms), while small
+  maps gain nothing and would pay the loop. The values are a whole batch's up to float32
+  rounding.
   Differentiated, the value is the input's patches times the kernel reshaped to a matrix,
   and its gradients, by transposition, are matrix products too: the patches by the
   output's gradient (the kernel's), and the output's gradient by the kernel, scattered
@@ -162,7 +165,7 @@ def conv(x: Array, kernel: Array, stride: int, padding, precision=None) -> Array
   def convolve(images):
     return lax.conv_general_dilated(images, kernel, (stride, stride), padding,
                                     dimension_numbers=_NHWC, precision=precision)
-  if x.shape[0] <= IMAGES_PER_CONV:
+  if x.shape[0] <= IMAGES_PER_CONV or x[0].size * x.dtype.itemsize < LARGE_IMAGE_BYTES:
     return convolve(x)
   return lax.map(lambda image: convolve(image[None])[0], x, batch_size=IMAGES_PER_CONV)
 

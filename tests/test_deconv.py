@@ -81,8 +81,10 @@ def test_projection_is_the_seed_times_the_filter_at_conv1(setup):
   np.testing.assert_allclose(proj, expected[1:225, 1:225], rtol=1e-5, atol=1e-5)
 
 
-# conv2's cone (conv, norm, pool, conv) in the default tier, conv4's in the full one.
-@pytest.mark.parametrize('layer', ['conv2', pytest.param('conv4', marks=slow)])
+# conv2's cone (conv, norm, pool, conv) and conv4's in the full tier (the default one
+# checks project_units through topk: tests/test_topk.py, conv1).
+@pytest.mark.parametrize('layer', [pytest.param('conv2', marks=slow),
+                                   pytest.param('conv4', marks=slow)])
 def test_project_units_equals_project_for_the_strongest(setup, layer):
   model, variables, images = setup
   acts = models.activations(model, variables, images, (layer,))[layer]

@@ -207,6 +207,7 @@ def check_gradients_equal_plain(spec, size, images=None, batch=2):
 NARROW = dict(conv_features=(8, 12, 16, 16, 12), fc_features=(16, 16))
 
 
+@pytest.mark.slow  # full tier (the conv and pool gradients above stay in the default one)
 def test_zfnet_gradients_equal_the_plain_models():
   """ZFNet's geometry (7x7/2, 5x5/2, ceil pools), narrow, on 64x64 images."""
   check_gradients_equal_plain(architecture.zfnet(5, **NARROW), 64)

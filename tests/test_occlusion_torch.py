@@ -80,6 +80,21 @@ def unsaturated(model, variables, image):
   return {'params': params}
 
 
+def default_and_torch(name, spec, size, patch, stride, seed):
+  """The default maps of a random image's top class, the torch network's, and the net.
+
+  (maps, torch probabilities, (model, variables, image, label))."""
+  model = models.ConvNet(spec)
+  image = random_images(1, seed=seed, size=size)[0]
+  variables = unsaturated(model, alive_variables(model, image_size=size), image)
+  label = int(np.argmax(model.apply(variables, image[None])[0]))
+  maps = occlusion.sensitivity(model, variables, image, label, patch=patch, stride=stride)
+  reference = torch_probabilities(
+      torch_network(name, spec, size, jax.tree.map(np.asarray, variables['params'])),
+      np.asarray(image), patch, stride, 0.0, label)
+  return maps, reference, (model, variables, image, label)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('name', NETWORKS)
 def test_default_maps_equal_torch(name):
@@ -88,14 +103,7 @@ def test_default_maps_equal_torch(name):
   assert {step.record.name: step.tile for step in plan if step.tile} == tiles
   assert set(tiles) == {record.name for record in spec if isinstance(record, architecture.Conv)
                         and -(-record.kernel // record.stride) == 3}
-  model = models.ConvNet(spec)
-  image = random_images(1, seed=5, size=size)[0]
-  variables = unsaturated(model, alive_variables(model, image_size=size), image)
-  label = int(np.argmax(model.apply(variables, image[None])[0]))
-  maps = occlusion.sensitivity(model, variables, image, label, patch=patch, stride=stride)
-  reference = torch_probabilities(
-      torch_network(name, spec, size, jax.tree.map(np.asarray, variables['params'])),
-      np.asarray(image), patch, stride, 0.0, label)
+  maps, reference, _ = default_and_torch(name, spec, size, patch, stride, seed=5)
   assert maps.prob.shape == reference.shape and reference.size >= 9
   assert 0.05 < float(maps.unoccluded_prob) < 0.95
   assert np.ptp(reference) > 1e-3  # the occluder matters
@@ -114,14 +122,8 @@ def test_border_groups_equal_torch_and_naive():
   assert len(groups) == 4
   assert sorted(np.concatenate([index for *_, index in groups])) == list(range(17 * 17))
   assert len({tuple(step.tile for step in plan) for plan, *_ in groups}) > 1
-  model = models.ConvNet(spec)
-  image = random_images(1, seed=6, size=size)[0]
-  variables = unsaturated(model, alive_variables(model, image_size=size), image)
-  label = int(np.argmax(model.apply(variables, image[None])[0]))
-  maps = occlusion.sensitivity(model, variables, image, label, patch=patch, stride=stride)
-  reference = torch_probabilities(
-      torch_network('zfnet', spec, size, jax.tree.map(np.asarray, variables['params'])),
-      np.asarray(image), patch, stride, 0.0, label)
+  maps, reference, net = default_and_torch('zfnet', spec, size, patch, stride, seed=6)
+  model, variables, image, label = net
   assert np.ptp(reference) > 1e-3
   assert np.abs(np.asarray(maps.prob, np.float64) - reference).max() <= TOLERANCE
   exact = occlusion.sensitivity(model, variables, image, label, patch=patch, stride=stride,

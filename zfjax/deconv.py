@@ -153,16 +153,10 @@ def _forward(model, variables, images, top):
   """One forward pass up to `top`: every map layer's output up to it, each pool's switches."""
   names = architecture.layer_names(model.spec)
   below = names[:names.index(top) + 1]
-  maps = models.activations(model, variables, images, below)
-  maps['input'] = images
-  where = {}
-  previous = 'input'
-  for name in below:
-    record = architecture.layer(model.spec, name)
-    if isinstance(record, Pool):
-      where[name] = ops.switches(maps[previous], record)
-    previous = name
-  return maps, where
+  maps = dict(models.activations(model, variables, images, below), input=images)
+  pools = {(name, 'switch') for name in below
+           if isinstance(architecture.layer(model.spec, name), Pool)}
+  return maps, _switches(model.spec, maps, pools)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'layer', 'rule', 'method',

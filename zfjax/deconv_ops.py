@@ -106,26 +106,29 @@ def overlap_add(tap, k, stride, axis):
   tap(dy, dx) is an array with spatial axes (axis, axis + 1), (h, w); its cell (i, j) goes
   to (i * stride + dy, j * stride + dx), and values that meet add: the result has
   ((h - 1) * stride + k, (w - 1) * stride + k) there. Computed one output phase (rows
-  ry mod stride, columns rx mod stride) at a time, each a sum of shifted taps with no
-  interleaved zeros; the phases then interleave."""
+  ry mod stride, columns rx mod stride) at a time: each tap of the phase is added in
+  place to its block of a zero buffer (an update of a slice, which XLA does in place; a
+  sum of padded taps ran 1.5-2x slower on CPUs, its loops element by element); the
+  phases then interleave."""
   shape = tap(0, 0).shape
   h, w = shape[axis:axis + 2]
   reach = -(-k // stride)  # taps per phase and axis, at most
+  m, n = h + reach - 1, w + reach - 1
   rows = []
   for ry in range(stride):
     phases = []
     for rx in range(stride):
-      terms = []
+      phase = jnp.zeros((*shape[:axis], m, n, *shape[axis + 2:]), tap(0, 0).dtype)
       for dy in range(ry, k, stride):
         for dx in range(rx, k, stride):
-          pad = [(0, 0)] * len(shape)
-          pad[axis] = (dy // stride, reach - 1 - dy // stride)
-          pad[axis + 1] = (dx // stride, reach - 1 - dx // stride)
-          terms.append(jnp.pad(tap(dy, dx), pad))
-      phases.append(functools.reduce(jnp.add, terms))
+          start = [0] * len(shape)
+          start[axis], start[axis + 1] = dy // stride, dx // stride
+          term = tap(dy, dx)
+          phase = lax.dynamic_update_slice(
+              phase, lax.dynamic_slice(phase, start, term.shape) + term, start)
+      phases.append(phase)
     rows.append(jnp.stack(phases, axis=axis + 2))
   out = jnp.stack(rows, axis=axis + 1)  # (..., M, stride, N, stride, ...)
-  m, n = h + reach - 1, w + reach - 1
   out = out.reshape(*shape[:axis], m * stride, n * stride, *shape[axis + 2:])
   return lax.slice_in_dim(lax.slice_in_dim(out, 0, (h - 1) * stride + k, axis=axis), 0,
                           (w - 1) * stride + k, axis=axis + 1)

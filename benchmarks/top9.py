@@ -10,7 +10,8 @@ every entry of every channel of conv1..conv5.
     python benchmarks/top9.py --forward_again   # project_layers' own forward passes
 
 By default the search keeps each batch's projection cache (topk.search(..., keep=...),
-made from its own forward pass), and topk.project_layers projects from those.
+made from its own forward pass): topk.gather_images takes the images from those, and
+topk.project_layers projects from them.
 
 ZFNet's conv layers (the paper's geometry and widths; the classifier is left out, it plays
 no part) with He-normal random weights so every layer is alive, on random images at the
@@ -131,7 +132,8 @@ def run(args) -> dict:
     results, search_s, search_compile_s = timed(
         lambda: topk.search(model, variables, data(), args.layers, args.k, keep=kept,
                             keep_rule=args.rule), clock)
-    images, gather_s, _ = timed(lambda: topk.gather_images(data(), results), clock)
+    source = data() if kept is None else kept  # the kept caches hold the images
+    images, gather_s, _ = timed(lambda: topk.gather_images(source, results), clock)
     if args.per_layer:
       for layer in args.layers:
         rows.append(project_layer(model, variables, results[layer], images, layer, args,

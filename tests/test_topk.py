@@ -321,6 +321,11 @@ def test_projecting_several_layers_from_shared_forward_passes(model, variables, 
   for name in layers:
     np.testing.assert_array_equal(again[name].example, results[name].example)
   assert kept[-1].examples.tolist() == [8, 9, 10, -1]  # 11 images in 4s: a padded row
+  from_kept = topk.gather_images(kept, [results[name] for name in layers])
+  np.testing.assert_array_equal(from_kept.example, gathered.example)
+  np.testing.assert_array_equal(from_kept.image, gathered.image)
+  with pytest.raises(ValueError, match='hold 8 examples'):
+    topk.gather_images(kept[:2], [10])
   from_search = topk.project_layers(model, variables, wanted, gathered, rule=rule, kept=kept)
   for name in layers:
     np.testing.assert_allclose(from_search[name].pixels, shared[name].pixels, rtol=1e-5,

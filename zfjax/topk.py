@@ -233,16 +233,15 @@ def gather_images(batches: Iterable, examples) -> Images:
   """The images of the given example numbers, from a second pass over the batches.
 
   The images of the given example numbers (any shape, or a TopK, or a list or dict of
-  them; -1 is ignored), from a second pass over the same batches. Holds one batch and the
-  wanted images; stops reading once it has them all."""
+  them; -1 is ignored), from a second pass over the same batches, or from the list that
+  `search(..., keep=...)` filled (its caches hold the images: no second pass). Holds one
+  batch and the wanted images; stops reading once it has them all."""
   wanted = np.unique(_example_numbers(examples))
   wanted = wanted[wanted >= 0]
   found, seen = None, 0
-  for batch in batches if wanted.size else ():
-    images, mask = unpack_batch(batch)
-    number = seen + np.cumsum(mask) - 1
-    take = mask & np.isin(number, wanted)
-    seen += int(mask.sum())
+  for images, number in _numbered(batches) if wanted.size else ():
+    take = (number >= 0) & np.isin(number, wanted)
+    seen = max(seen, int(number.max(initial=-1)) + 1)
     if take.any():
       picked = np.asarray(images)[take]
       if found is None:
@@ -256,6 +255,18 @@ def gather_images(batches: Iterable, examples) -> Images:
   if found is None:
     found = np.zeros((0, *architecture.INPUT_SHAPE), np.float32)
   return Images(jnp.asarray(wanted, jnp.int32), jnp.asarray(found))
+
+
+def _numbered(batches: Iterable):
+  """(images, example number of each row, -1 for padding) of batches or of `Kept` caches."""
+  seen = 0
+  for batch in batches:
+    if isinstance(batch, Kept):
+      yield batch.cache.images, np.asarray(batch.examples)
+      continue
+    images, mask = unpack_batch(batch)
+    yield images, np.where(mask, seen + np.cumsum(mask) - 1, -1)
+    seen += int(mask.sum())
 
 
 def _example_numbers(examples) -> np.ndarray:

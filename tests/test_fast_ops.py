@@ -104,18 +104,19 @@ CONVS = [  # (size, in, out, kernel, stride, padding)
 
 @pytest.mark.parametrize('size,cin,cout,kernel,stride,padding', CONVS)
 def test_conv_equals_lax_and_its_gradients(size, cin, cout, kernel, stride, padding):
-  # 3 images: evaluated, fast_ops convolves IMAGES_PER_CONV (2) at a time, and a rest of 1
-  x = jax.random.normal(jax.random.key(0), (3, size, size + 1, cin))
+  # 5 images, at most 4 a step: evaluated, fast_ops builds the patches of 3 at a time,
+  # the batch padded to 6
+  x = jax.random.normal(jax.random.key(0), (5, size, size + 1, cin))
   k = jax.random.normal(jax.random.key(1), (kernel, kernel, cin, cout))
-  large = mock.patch.object(fast_ops, 'LARGE_IMAGE_BYTES', 0)  # these small maps too
   plain = lambda x, k: lax.conv_general_dilated(x, k, (stride,) * 2, padding,
                                                 dimension_numbers=NHWC)
   fast = lambda x, k: fast_ops.conv_general_dilated(x, k, (stride,) * 2, padding,
                                                     dimension_numbers=NHWC)
-  # alone: lax's conv, a few images at a time (Eigen's blocking may round differently)
-  with large:
-    assert relative_error(jax.jit(fast)(x, k), plain(x, k)) < 1e-6
-  np.testing.assert_array_equal(jax.jit(fast)(x[:2], k), plain(x[:2], k))
+  per_image = plain(x[:1], k)[0, ..., 0].size * kernel * kernel * cin * 4
+  with mock.patch.object(fast_ops, 'PATCH_BYTES', 4 * per_image):
+    in_steps = jax.jit(fast)(x, k)
+  assert relative_error(in_steps, plain(x, k)) < 1e-6
+  np.testing.assert_array_equal(in_steps, jax.jit(fast)(x, k))  # steps: the same products
   # differentiated, the value is the patches times the kernel: the same function
   value_and_grads = jax.jit(lambda x, k, g, f: (lambda y, vjp: (y, *vjp(g)))(*jax.vjp(f, x, k)),
                             static_argnums=3)

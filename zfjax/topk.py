@@ -22,7 +22,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from zfjax import architecture, deconv, models, parallel
+from zfjax import architecture, deconv, deconv_ops, models, parallel
 from zfjax.architecture import Conv
 
 Array = jax.Array
@@ -125,9 +125,8 @@ def search(model: models.ConvNet, variables, batches: Iterable, layers: Sequence
     state, cache = _update(model, layers, replicated, kept_for, variables, state,
                            jax.device_put(images, rows), jax.device_put(mask, rows),
                            jnp.asarray(seen, jnp.int32))
-    if keep is not None:  # the switches as int8 while kept, where they fit
-      keep.append(Kept(np.where(mask, seen + np.cumsum(mask) - 1, -1),
-                       cache._replace(switches=_compact(model.spec, cache.switches))))
+    if keep is not None:  # its switches are int8 while kept, where they fit
+      keep.append(Kept(np.where(mask, seen + np.cumsum(mask) - 1, -1), cache))
     seen += int(np.sum(mask))
   return state
 
@@ -142,14 +141,24 @@ def candidates(feature_map: Array, mask: Array, example: Array) -> TopK:
   """Each image's strongest location per channel of a (B, H, W, C) map, as (C, B) arrays.
 
   Ties: first in row-major order. Masked rows: value -inf, example past every real one."""
-  b, _, width, c = feature_map.shape
-  flat = feature_map.reshape(b, -1, c)
+  return _candidates(*strongest_positions(feature_map), feature_map.shape[2], mask, example)
+
+
+def strongest_positions(feature_map: Array) -> tuple[Array, Array]:
+  """(B, C) value and flat row-major position of each image's maximum per channel."""
+  flat = feature_map.reshape(feature_map.shape[0], -1, feature_map.shape[-1])
   where = jnp.argmax(flat, axis=1)                                   # (B, C)
   value = jnp.take_along_axis(flat, where[:, None, :], axis=1)[:, 0]
-  value = jnp.where(mask[:, None], value.astype(jnp.float32), -jnp.inf)
+  return value.astype(jnp.float32), where.astype(jnp.int32)
+
+
+def _candidates(value: Array, where: Array, width: int, mask: Array, example: Array) -> TopK:
+  """`candidates` from `strongest_positions` of a map `width` columns wide."""
+  b, c = value.shape
+  value = jnp.where(mask[:, None], value, -jnp.inf)
   example = jnp.where(mask, example, _NO_EXAMPLE)
   return TopK(value.T, jnp.broadcast_to(example[None, :], (c, b)).astype(jnp.int32),
-              (where // width).T.astype(jnp.int32), (where % width).T.astype(jnp.int32))
+              (where // width).T, (where % width).T)
 
 
 def merge(a: TopK, b: TopK, k: int) -> TopK:
@@ -163,19 +172,34 @@ def merge(a: TopK, b: TopK, k: int) -> TopK:
   return TopK(values, *(jnp.where(filled, v[:, :k], -1) for v in (example, y, x)))
 
 
+SEARCH_IMAGES = 2  # images per step of the search's forward pass: its maps stay in cache
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _update(model, layers, replicated, kept_for, variables, state, images, mask, offset):
-  """The merged top-k after one batch, and its kept cache (None unless kept_for)."""
+  """The merged top-k after one batch, and its kept cache (None unless kept_for).
+
+  The forward pass, each image's strongest positions and the cache run SEARCH_IMAGES
+  images at a time: conv1's map of a whole batch (4.6 MiB an image for ZFNet) was
+  written, rectified and pooled through memory, at 20% of the batch's time."""
   names = layers + (deconv.cache_inputs(model.spec, *kept_for, values=False) if kept_for
                     else ())
-  maps = models.activations(model, variables, images, tuple(dict.fromkeys(names)))
+
+  def step(chunk):
+    maps = models.activations(model, variables, chunk, tuple(dict.fromkeys(names)))
+    best = {name: strongest_positions(maps[name]) for name in layers}
+    if not kept_for:
+      return best, None
+    cache = deconv.cache_from_maps(model, chunk, maps, *kept_for, values=False)
+    return best, cache._replace(switches=_compact(model.spec, cache.switches))
+
+  best, cache = deconv_ops.in_chunks(step, images, SEARCH_IMAGES)
   example = offset + jnp.cumsum(mask, dtype=jnp.int32) - 1
   out = {}
   for name in layers:
     k = state[name].values.shape[1]
-    out[name] = merge(state[name], candidates(maps[name], mask, example), k)
-  cache = deconv.cache_from_maps(model, images, maps, *kept_for, values=False) if (
-      kept_for) else None
+    width = architecture.shapes(model.spec, images.shape[1:])[name][1]
+    out[name] = merge(state[name], _candidates(*best[name], width, mask, example), k)
   return lax.with_sharding_constraint(out, replicated), cache
 
 

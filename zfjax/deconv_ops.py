@@ -100,32 +100,52 @@ def transpose_conv_batch(signal, kernel, stride):
 CHANNELS_MINOR = 16  # Cin from which the overlap-add runs along channels
 
 
+LOOPED_TAPS = 9  # a strided phase of more taps adds them in a loop: one body to compile
+
+
 def overlap_add(tap, k, stride, axis):
   """The taps of a k x k kernel added at their places.
 
   tap(dy, dx) is an array with spatial axes (axis, axis + 1), (h, w); its cell (i, j) goes
   to (i * stride + dy, j * stride + dx), and values that meet add: the result has
-  ((h - 1) * stride + k, (w - 1) * stride + k) there. Computed one output phase (rows
-  ry mod stride, columns rx mod stride) at a time: each tap of the phase is added in
-  place to its block of a zero buffer (an update of a slice, which XLA does in place; a
-  sum of padded taps ran 1.5-2x slower on CPUs, its loops element by element); the
-  phases then interleave."""
+  ((h - 1) * stride + k, (w - 1) * stride + k) there. tap must accept traced dy, dx.
+  Computed one output phase (rows ry mod stride, columns rx mod stride) at a time; the
+  phases then interleave. With a stride, each tap of a phase is added in place to its
+  block of a zero buffer (an update of a slice, which XLA does in place: a sum of padded
+  taps ran 1.5-2x slower on CPUs, its loops element by element), in a `fori_loop` when
+  the phase has more than LOOPED_TAPS taps (conv1's 7 x 7: a little slower to run than
+  unrolled, much quicker to compile); at stride 1 the padded taps are summed, one loop
+  to compile instead of k * k."""
   shape = tap(0, 0).shape
   h, w = shape[axis:axis + 2]
   reach = -(-k // stride)  # taps per phase and axis, at most
   m, n = h + reach - 1, w + reach - 1
+  zeros = jnp.zeros((*shape[:axis], m, n, *shape[axis + 2:]), tap(0, 0).dtype)
+
+  def add(phase, ry, rx, qy, qx):  # tap (ry + qy * stride, rx + qx * stride), in place
+    term, at = tap(ry + qy * stride, rx + qx * stride), [0] * len(shape)
+    at[axis], at[axis + 1] = qy, qx
+    return lax.dynamic_update_slice(phase, lax.dynamic_slice(phase, at, term.shape) + term,
+                                    at)
+
   rows = []
   for ry in range(stride):
     phases = []
     for rx in range(stride):
-      phase = jnp.zeros((*shape[:axis], m, n, *shape[axis + 2:]), tap(0, 0).dtype)
-      for dy in range(ry, k, stride):
-        for dx in range(rx, k, stride):
-          start = [0] * len(shape)
-          start[axis], start[axis + 1] = dy // stride, dx // stride
-          term = tap(dy, dx)
-          phase = lax.dynamic_update_slice(
-              phase, lax.dynamic_slice(phase, start, term.shape) + term, start)
+      ny, nx = len(range(ry, k, stride)), len(range(rx, k, stride))
+      if stride == 1:
+        pad = lambda dy, dx: [(0, 0)] * axis + [(dy, k - 1 - dy), (dx, k - 1 - dx)] + [
+            (0, 0)] * (len(shape) - axis - 2)
+        phase = functools.reduce(jnp.add, [jnp.pad(tap(dy, dx), pad(dy, dx))
+                                           for dy in range(k) for dx in range(k)])
+      elif ny * nx > LOOPED_TAPS:
+        phase = lax.fori_loop(0, ny * nx, lambda i, p, ry=ry, rx=rx, nx=nx: add(
+            p, ry, rx, i // nx, i % nx), zeros)
+      else:
+        phase = zeros
+        for qy in range(ny):
+          for qx in range(nx):
+            phase = add(phase, ry, rx, qy, qx)
       phases.append(phase)
     rows.append(jnp.stack(phases, axis=axis + 2))
   out = jnp.stack(rows, axis=axis + 1)  # (..., M, stride, N, stride, ...)

@@ -464,7 +464,7 @@ def rule_model(model: models.ConvNet, rule: str) -> models.ConvNet:
 
   Its convolutions are the model's own, so the forward values (and the switches that
   near-ties decide) are those of the literal method's forward pass (on CPUs both are
-  `fast_ops.conv`'s matrix products, evaluated or differentiated)."""
+  `fast_ops.conv`, evaluated or differentiated)."""
   if rule == 'deconvnet':
     return model.clone(relu=_relu_deconvnet, normalize=_normalize_passthrough)
   if rule == 'guided':

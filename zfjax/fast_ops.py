@@ -146,6 +146,7 @@ def _is_nhwc(dimension_numbers, ndim) -> bool:
 
 
 PATCH_BYTES = 1 << 24  # an evaluated convolution's patches per step (one image at least)
+LARGE_PATCH_BYTES = 1 << 20  # from these patches an image, evaluated as matrix products
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
@@ -154,11 +155,12 @@ def conv(x: Array, kernel: Array, stride: int, padding, precision=None) -> Array
 
   padding: ((low, high), (low, high)), zeros. The value is the input's patches (N, H',
   W', kh * kw * C, `patches`) times the kernel reshaped to a (kh * kw * C, O) matrix.
-  Evaluated alone, it is built a few images at a time (at most PATCH_BYTES of patches a
-  step, with `lax.map`), so the patches stay near the caches: XLA's CPU convolutions ran
-  the same layers 1.3-1.9x slower (ZFNet at 64 images: conv1 298 -> 156 ms, conv2
-  504 -> 360 ms, conv3..conv5 637 -> 424 ms). The values are lax's convolution's up to
-  float32 rounding.
+  Evaluated alone on large maps (LARGE_PATCH_BYTES of patches an image and more), it is
+  built a few images at a time (at most PATCH_BYTES of patches a step, with `lax.map`),
+  so the patches stay near the caches: XLA's CPU convolutions ran the same layers
+  1.3-1.9x slower (ZFNet at 64 images: conv1 298 -> 156 ms, conv2 504 -> 360 ms,
+  conv3..conv5 637 -> 424 ms). Small maps gain nothing and would pay the compile: there
+  it is lax's convolution. The values are lax's convolution's up to float32 rounding.
   Differentiated, the patches of the whole batch are kept, and the gradients, by
   transposition, are matrix products too: the patches by the output's gradient (the
   kernel's), and the output's gradient by the kernel, scattered back onto the input (the
@@ -167,7 +169,11 @@ def conv(x: Array, kernel: Array, stride: int, padding, precision=None) -> Array
   (lo_h, hi_h), (lo_w, hi_w) = padding
   out_h = (x.shape[1] + lo_h + hi_h - kh) // stride + 1
   out_w = (x.shape[2] + lo_w + hi_w - kw) // stride + 1
-  most = max(1, PATCH_BYTES // (out_h * out_w * kh * kw * channels * x.dtype.itemsize))
+  per_image = out_h * out_w * kh * kw * channels * x.dtype.itemsize
+  if per_image < LARGE_PATCH_BYTES:
+    return lax.conv_general_dilated(x, kernel, (stride, stride), padding,
+                                    dimension_numbers=_NHWC, precision=precision)
+  most = max(1, PATCH_BYTES // per_image)
   product = lambda images: _times_kernel(patches(images, (kh, kw), stride, padding), kernel,
                                          precision)
   n = x.shape[0]
@@ -181,9 +187,10 @@ def conv(x: Array, kernel: Array, stride: int, padding, precision=None) -> Array
 
 
 def _images_per_step(n: int, most: int) -> int:
-  """Images a step for n images, at most `most`: a divisor of n when one is at least half
-  of `most` (no padding), else n split evenly (the last step padded). One loop body, no
-  separately compiled remainder."""
+  """Images a step for n images, at most `most`: one loop body, no remainder to compile.
+
+  A divisor of n when one is at least half of `most` (no padding), else n split evenly
+  (the last step padded)."""
   divisor = next((d for d in range(most, (most - 1) // 2, -1) if n % d == 0), None)
   return divisor or -(-n // -(-n // most))
 
@@ -200,7 +207,8 @@ def _conv_jvp(stride, padding, precision, primals, tangents):
   """The im2col form: value and tangent are products of patches and kernels."""
   x, kernel = primals
   dx, d_kernel = tangents
-  product = lambda a, b: _times_kernel(a, b, precision)
+  product = lambda a, b: lax.dot_general(a, b.reshape(-1, b.shape[-1]),
+                                         (((3,), (0,)), ((), ())), precision=precision)
   cols = patches(x, kernel.shape[:2], stride, padding)
   y = product(cols, kernel)
   terms = []
@@ -216,18 +224,15 @@ def patches(x: Array, kernel_size, stride: int, padding) -> Array:
   """Each output's window of the NHWC map x, zero-padded: (N, H', W', kh * kw * C).
 
   In the kernel's (row, column, channel) order, so an HWIO kernel reshaped to
-  (kh * kw * C, O) multiplies them. Built in two passes, columns then rows (kw + kh
-  strided slices rather than kh * kw: as fast, and far quicker to compile)."""
+  (kh * kw * C, O) multiplies them."""
   kh, kw = kernel_size
   (lo_h, hi_h), (lo_w, hi_w) = padding
   x = lax.pad(x, jnp.zeros((), x.dtype),
               ((0, 0, 0), (lo_h, hi_h, 0), (lo_w, hi_w, 0), (0, 0, 0)))
-  n, height, width, channels = x.shape
-  out_h, out_w = (height - kh) // stride + 1, (width - kw) // stride + 1
-  columns = [lax.slice(x, (0, 0, dx, 0), (n, height, dx + stride * (out_w - 1) + 1, channels),
-                       (1, 1, stride, 1)) for dx in range(kw)]
-  rows = jnp.concatenate(columns, axis=-1) if kw > 1 else columns[0]   # (N, Hp, W', kw * C)
-  taps = [lax.slice(rows, (0, dy, 0, 0), (n, dy + stride * (out_h - 1) + 1, out_w,
-                                          rows.shape[-1]), (1, stride, 1, 1))
-          for dy in range(kh)]
-  return jnp.concatenate(taps, axis=-1) if kh > 1 else taps[0]
+  out_h = (x.shape[1] - kh) // stride + 1
+  out_w = (x.shape[2] - kw) // stride + 1
+  taps = [lax.slice(x, (0, dy, dx, 0),
+                    (x.shape[0], dy + stride * (out_h - 1) + 1,
+                     dx + stride * (out_w - 1) + 1, x.shape[3]), (1, stride, stride, 1))
+          for dy in range(kh) for dx in range(kw)]
+  return jnp.concatenate(taps, axis=-1) if len(taps) > 1 else taps[0]

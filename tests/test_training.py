@@ -405,12 +405,16 @@ def test_four_devices_match_one_and_restore_across_device_counts(tmp_path):
   assert losses1[-1] < 0.6 * losses1[0], losses1  # it trains: the comparison means something
   assert min(result['update']) > 1e-3, result['update']  # every step moves the weights
   for step, (a, b, diff) in enumerate(zip(losses1, losses4, result['params_diff']), 1):
-    assert b == pytest.approx(a, rel=1e-6, abs=0), f'step {step}: loss {b} on 4 devices, {a} on 1'
-    # Float32 rounding differs with the per-device batch (the convolutions' matrix
-    # products sum in another order), and a max pool's near-tie can then pick another
-    # switch: differences of about 1e-6 after a few steps. A sharding mistake (a missing
-    # or doubled mean) moves the weights by the learning rate times a gradient, ~1e-3.
-    assert diff < 1e-5, f'step {step}: the weights differ by up to {diff}'
+    rel = 1e-6 if step <= 3 else 1e-4  # see below: rounding, then a switch, diverge slowly
+    assert b == pytest.approx(a, rel=rel, abs=0), f'step {step}: loss {b} on 4 devices, {a} on 1'
+    # A sharding mistake (a missing or doubled mean) moves the weights by the learning
+    # rate times a gradient, ~1e-3, from the first step on. Float32 rounding differs with
+    # the per-device batch (the convolutions' matrix products sum in another order), and
+    # once a max pool's near-tie picks another switch the difference grows step by step
+    # (seen: 1e-8 at step 2, 1e-6 at step 3, 1e-4 at step 5). So the first three steps
+    # are held to 1e-5, the later ones to a tenth of a step's update.
+    bound = 1e-5 if step <= 3 else 0.1 * min(result['update'])
+    assert diff < bound, f'step {step}: the weights differ by up to {diff}'
   assert result['restored_equal']
   assert result['restored_devices'] == 4 and result['replicated']
   assert not result['tensorflow_imported']  # the digits path runs where TF is absent

@@ -224,15 +224,18 @@ def patches(x: Array, kernel_size, stride: int, padding) -> Array:
   """Each output's window of the NHWC map x, zero-padded: (N, H', W', kh * kw * C).
 
   In the kernel's (row, column, channel) order, so an HWIO kernel reshaped to
-  (kh * kw * C, O) multiplies them."""
+  (kh * kw * C, O) multiplies them. Built in two passes, columns then rows (kw + kh
+  strided slices rather than kh * kw: as fast, and far quicker to compile)."""
   kh, kw = kernel_size
   (lo_h, hi_h), (lo_w, hi_w) = padding
   x = lax.pad(x, jnp.zeros((), x.dtype),
               ((0, 0, 0), (lo_h, hi_h, 0), (lo_w, hi_w, 0), (0, 0, 0)))
-  out_h = (x.shape[1] - kh) // stride + 1
-  out_w = (x.shape[2] - kw) // stride + 1
-  taps = [lax.slice(x, (0, dy, dx, 0),
-                    (x.shape[0], dy + stride * (out_h - 1) + 1,
-                     dx + stride * (out_w - 1) + 1, x.shape[3]), (1, stride, stride, 1))
-          for dy in range(kh) for dx in range(kw)]
-  return jnp.concatenate(taps, axis=-1) if len(taps) > 1 else taps[0]
+  n, height, width, channels = x.shape
+  out_h, out_w = (height - kh) // stride + 1, (width - kw) // stride + 1
+  columns = [lax.slice(x, (0, 0, dx, 0), (n, height, dx + stride * (out_w - 1) + 1, channels),
+                       (1, 1, stride, 1)) for dx in range(kw)]
+  rows = jnp.concatenate(columns, axis=-1) if kw > 1 else columns[0]   # (N, Hp, W', kw * C)
+  taps = [lax.slice(rows, (0, dy, 0, 0), (n, dy + stride * (out_h - 1) + 1, out_w,
+                                          rows.shape[-1]), (1, stride, 1, 1))
+          for dy in range(kh)]
+  return jnp.concatenate(taps, axis=-1) if kh > 1 else taps[0]

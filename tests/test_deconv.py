@@ -102,7 +102,8 @@ def test_project_units_equals_project_for_the_strongest(setup, layer):
 # Units on the maps' corners and edges: their windows hang over the border, where the
 # literal path relies on the padded switches (-1) and masks. conv2 with 6 units reuses the
 # program of the test above; conv5 in chunks of 4 (one full chunk and a remainder of 2).
-@pytest.mark.parametrize('layer,chunk_size', [('conv2', 64), ('conv5', 4)])
+@pytest.mark.parametrize('layer,chunk_size', [
+    ('conv2', 64), pytest.param('conv5', 4, marks=pytest.mark.slow)])
 def test_border_units_literal_equals_gradient(setup, layer, chunk_size):
   model, variables, images = setup
   last = architecture.shapes(model.spec)[layer][0] - 1

@@ -62,6 +62,7 @@ def test_fresh_file_passes_the_torch_check(fresh_file):
   assert all(name in result.stdout for name in arrays)  # one row per array
 
 
+@pytest.mark.slow  # full tier (a fresh file takes ~30 s); the golden file's check stays
 def test_torch_check_fails_on_a_wrong_file(fresh_file, tmp_path):
   arrays, metadata = reference.load(fresh_file)
   projection = arrays['deconv/guided/conv5']

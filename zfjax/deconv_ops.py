@@ -101,6 +101,7 @@ CHANNELS_MINOR = 16  # Cin from which the overlap-add runs along channels
 
 
 LOOPED_TAPS = 9  # a strided phase of more taps adds them in a loop: one body to compile
+IN_PLACE_BYTES = 1 << 17  # taps from this size are added in place (smaller ones: summed)
 
 
 def overlap_add(tap, k, stride, axis):
@@ -114,13 +115,15 @@ def overlap_add(tap, k, stride, axis):
   block of a zero buffer (an update of a slice, which XLA does in place: a sum of padded
   taps ran 1.5-2x slower on CPUs, its loops element by element), in a `fori_loop` when
   the phase has more than LOOPED_TAPS taps (conv1's 7 x 7: a little slower to run than
-  unrolled, much quicker to compile); at stride 1 the padded taps are summed, one loop
-  to compile instead of k * k."""
-  shape = tap(0, 0).shape
+  unrolled, much quicker to compile). At stride 1, and for taps under IN_PLACE_BYTES
+  (which stay in cache), the padded taps are summed: one loop to compile instead of
+  k * k."""
+  first = tap(0, 0)
+  shape = first.shape
   h, w = shape[axis:axis + 2]
   reach = -(-k // stride)  # taps per phase and axis, at most
   m, n = h + reach - 1, w + reach - 1
-  zeros = jnp.zeros((*shape[:axis], m, n, *shape[axis + 2:]), tap(0, 0).dtype)
+  zeros = jnp.zeros((*shape[:axis], m, n, *shape[axis + 2:]), first.dtype)
 
   def add(phase, ry, rx, qy, qx):  # tap (ry + qy * stride, rx + qx * stride), in place
     term, at = tap(ry + qy * stride, rx + qx * stride), [0] * len(shape)
@@ -133,11 +136,13 @@ def overlap_add(tap, k, stride, axis):
     phases = []
     for rx in range(stride):
       ny, nx = len(range(ry, k, stride)), len(range(rx, k, stride))
-      if stride == 1:
-        pad = lambda dy, dx: [(0, 0)] * axis + [(dy, k - 1 - dy), (dx, k - 1 - dx)] + [
-            (0, 0)] * (len(shape) - axis - 2)
+      if stride == 1 or first.size * first.dtype.itemsize < IN_PLACE_BYTES:
+        pad = lambda dy, dx: [(0, 0)] * axis + [
+            (dy // stride, reach - 1 - dy // stride), (dx // stride, reach - 1 - dx // stride)
+        ] + [(0, 0)] * (len(shape) - axis - 2)
         phase = functools.reduce(jnp.add, [jnp.pad(tap(dy, dx), pad(dy, dx))
-                                           for dy in range(k) for dx in range(k)])
+                                           for dy in range(ry, k, stride)
+                                           for dx in range(rx, k, stride)])
       elif ny * nx > LOOPED_TAPS:
         phase = lax.fori_loop(0, ny * nx, lambda i, p, ry=ry, rx=rx, nx=nx: add(
             p, ry, rx, i // nx, i % nx), zeros)

@@ -172,16 +172,17 @@ def merge(a: TopK, b: TopK, k: int) -> TopK:
   return TopK(values, *(jnp.where(filled, v[:, :k], -1) for v in (example, y, x)))
 
 
-SEARCH_IMAGES = 2  # images per step of the search's forward pass: its maps stay in cache
+SEARCH_BYTES = 3 << 19  # input per step of the search's forward pass: two 224x224 images
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _update(model, layers, replicated, kept_for, variables, state, images, mask, offset):
   """The merged top-k after one batch, and its kept cache (None unless kept_for).
 
-  The forward pass, each image's strongest positions and the cache run SEARCH_IMAGES
-  images at a time: conv1's map of a whole batch (4.6 MiB an image for ZFNet) was
-  written, rectified and pooled through memory, at 20% of the batch's time."""
+  The forward pass, each image's strongest positions and the cache run a few images at a
+  time (SEARCH_BYTES of input, at least one image): conv1's map of a whole batch (4.6 MiB
+  an image for ZFNet at 224x224) was written, rectified and pooled through memory, at 20%
+  of the batch's time. Small images go a whole batch at once."""
   names = layers + (deconv.cache_inputs(model.spec, *kept_for, values=False) if kept_for
                     else ())
 
@@ -193,7 +194,8 @@ def _update(model, layers, replicated, kept_for, variables, state, images, mask,
     cache = deconv.cache_from_maps(model, chunk, maps, *kept_for, values=False)
     return best, cache._replace(switches=_compact(model.spec, cache.switches))
 
-  best, cache = deconv_ops.in_chunks(step, images, SEARCH_IMAGES)
+  per_step = max(1, SEARCH_BYTES // (images[0].size * images.dtype.itemsize))
+  best, cache = deconv_ops.in_chunks(step, images, per_step)
   example = offset + jnp.cumsum(mask, dtype=jnp.int32) - 1
   out = {}
   for name in layers:

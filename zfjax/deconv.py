@@ -462,9 +462,11 @@ _normalize_passthrough.defvjp(
 def rule_model(model: models.ConvNet, rule: str) -> models.ConvNet:
   """The same module whose backward pass is the rule's: its gradient is the projection.
 
-  Its convolutions are the model's own, so the forward values (and the switches that
-  near-ties decide) are those of the literal method's forward pass (on CPUs both are
-  `fast_ops.conv`, evaluated or differentiated)."""
+  Its convolutions are lax's own. Its forward values equal the literal method's forward
+  pass up to float32 rounding (on CPUs that pass computes large maps' convolutions as
+  `fast_ops.conv`'s matrix products), so a switch can differ only where a pooling
+  window's two largest values tie within rounding."""
+  model = model.clone(convolution=lax.conv_general_dilated)
   if rule == 'deconvnet':
     return model.clone(relu=_relu_deconvnet, normalize=_normalize_passthrough)
   if rule == 'guided':

@@ -207,8 +207,7 @@ def _conv_jvp(stride, padding, precision, primals, tangents):
   """The im2col form: value and tangent are products of patches and kernels."""
   x, kernel = primals
   dx, d_kernel = tangents
-  product = lambda a, b: lax.dot_general(a, b.reshape(-1, b.shape[-1]),
-                                         (((3,), (0,)), ((), ())), precision=precision)
+  product = lambda a, b: _times_kernel(a, b, precision)  # the evaluated value's products
   cols = patches(x, kernel.shape[:2], stride, padding)
   y = product(cols, kernel)
   terms = []

@@ -131,15 +131,17 @@ def overlap_add(tap, k, stride, axis):
     return lax.dynamic_update_slice(phase, lax.dynamic_slice(phase, at, term.shape) + term,
                                     at)
 
+  def pad(dy, dx):  # tap (dy, dx) padded to its place in its phase
+    return [(0, 0)] * axis + [(dy // stride, reach - 1 - dy // stride),
+                              (dx // stride, reach - 1 - dx // stride)] + [
+                                  (0, 0)] * (len(shape) - axis - 2)
+
   rows = []
   for ry in range(stride):
     phases = []
     for rx in range(stride):
       ny, nx = len(range(ry, k, stride)), len(range(rx, k, stride))
       if stride == 1 or first.size * first.dtype.itemsize < IN_PLACE_BYTES:
-        pad = lambda dy, dx: [(0, 0)] * axis + [
-            (dy // stride, reach - 1 - dy // stride), (dx // stride, reach - 1 - dx // stride)
-        ] + [(0, 0)] * (len(shape) - axis - 2)
         phase = functools.reduce(jnp.add, [jnp.pad(tap(dy, dx), pad(dy, dx))
                                            for dy in range(ry, k, stride)
                                            for dx in range(rx, k, stride)])

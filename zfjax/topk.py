@@ -197,11 +197,12 @@ def _update(model, layers, replicated, kept_for, variables, state, images, mask,
   per_step = max(1, SEARCH_BYTES // (images[0].size * images.dtype.itemsize))
   best, cache = deconv_ops.in_chunks(step, images, per_step)
   example = offset + jnp.cumsum(mask, dtype=jnp.int32) - 1
+  shapes = architecture.shapes(model.spec, images.shape[1:])
   out = {}
   for name in layers:
     k = state[name].values.shape[1]
-    width = architecture.shapes(model.spec, images.shape[1:])[name][1]
-    out[name] = merge(state[name], _candidates(*best[name], width, mask, example), k)
+    out[name] = merge(state[name], _candidates(*best[name], shapes[name][1], mask, example),
+                      k)
   return lax.with_sharding_constraint(out, replicated), cache
 
 

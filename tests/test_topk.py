@@ -341,3 +341,16 @@ def test_projecting_several_layers_from_shared_forward_passes(model, variables, 
   cache = deconv.forward_cache(model, variables, jnp.asarray(images[:2]), ['conv1'])
   with pytest.raises(ValueError, match="no 'conv5'"):
     deconv.project_cached(model, variables, cache, 'conv5', [0], [0], [0], [0])
+  # count: only the chunks (16 units) that hold the first `count` units run, the rest is 0.
+  units = [np.arange(20) % 2, np.arange(20) % 5, np.arange(20) % 7, np.arange(20) % 9]
+  seeds = np.linspace(1.0, 2.0, 20)  # a unit's own value may be 0
+  every = np.asarray(deconv.project_cached(model, variables, cache, 'conv1', *units,
+                                           chunk_size=32, value=seeds))
+  assert np.abs(every).max(axis=(1, 2, 3)).min() > 0
+  for count in (0, 5, 17, 20):
+    some = np.asarray(deconv.project_cached(model, variables, cache, 'conv1', *units,
+                                            chunk_size=32, value=seeds, count=count))
+    np.testing.assert_array_equal(some[:count], every[:count])
+    assert not some[count:].any()
+  with pytest.raises(ValueError, match='count must be an int from 0 to the number of units'):
+    deconv.project_cached(model, variables, cache, 'conv1', *units, count=21)

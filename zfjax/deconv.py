@@ -10,7 +10,7 @@ Semantics and the choices the paper leaves open: docs/analyses.md (zfjax.deconv)
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -247,11 +247,13 @@ def _padded_cache(spec, images, maps, where, needed) -> 'Cache':
 # of those patches (docs/analyses.md).
 
 
-def _literal_units(model, variables, cache, units, layer, rule, chunk_size, place=True):
+def _literal_units(model, variables, cache, units, layer, rule, chunk_size, place=True,
+                   count=None):
   """The deconvnet chain for each unit, restricted to its windows (docs/analyses.md).
 
   cache: a `Cache` holding what the chain reads. (M, H, W, 3) projections on zero images;
-  place=False: (M, S, S, 3), the input window."""
+  place=False: (M, S, S, 3), the input window. count (traced): only the chunks holding
+  the first `count` units run, the others' rows are zero (`deconv_ops.in_chunks`)."""
   spec, params = model.spec, variables['params']
   levels = architecture.windows(spec, layer)  # [(name, Window)], layer ... 'input'
   image_shape = cache.images.shape[1:]
@@ -289,7 +291,7 @@ def _literal_units(model, variables, cache, units, layer, rule, chunk_size, plac
     # (B, 3, size, size): conv1's overlap-add writes each colour's rows whole.
     return signal.transpose(0, 3, 1, 2)
 
-  pixels = ops.in_chunks(chain, tuple(units), min(chunk_size, LITERAL_BATCH))
+  pixels = ops.in_chunks(chain, tuple(units), min(chunk_size, LITERAL_BATCH), count)
   window = levels[-1][1]
   if not place:  # the window, zero outside the image
     return pixels.transpose(0, 2, 3, 1) * ops.inside(window, units.y, units.x, sizes['input'])
@@ -349,14 +351,18 @@ def forward_cache(model: models.ConvNet, variables, images: Array, layers: Seque
 
 def project_cached(model: models.ConvNet, variables, cache: Cache, layer: str, image,
                    channel, y, x, rule: str = 'deconvnet', chunk_size: int = 64,
-                   value=None) -> Array:
+                   value=None, count: Optional[int] = None) -> Array:
   """`project_units` from a `forward_cache`, each projection cut to its window.
 
   Unit m is (image[m], channel[m], y[m], x[m]) of `layer`'s post-ReLU map, seeded with
   value[m], by default its value in the cache. Returns (M, S, S, 3): the projection inside
   the window of the input that the unit's cone spans (`architecture.windows(spec,
   layer)[-1]`, top-left at window.start(y), window.start(x); cells outside the image are
-  zero), which is where `project_units`'s full-size projection is nonzero."""
+  zero), which is where `project_units`'s full-size projection is nonzero.
+
+  count: only the first `count` units are projected, the others are padding (their rows
+  come back zero): one compiled program serves calls of any fill, and runs only the
+  chunks (LITERAL_BATCH units) that hold real units. Default: all of them."""
   missing = sorted(name for name, kind in _needed(model.spec, [layer], rule, value is None)
                    if name not in (cache.maps if kind == 'map' else cache.switches))
   if missing:
@@ -370,8 +376,13 @@ def project_cached(model: models.ConvNet, variables, cache: Cache, layer: str, i
     before = _pads(model.spec, cache.images.shape[1:])[layer][0]
     value = cache.maps[layer][image, y + before, x + before, channel]
   value = jnp.asarray(value, cache.images.dtype).reshape(-1)
+  if count is not None and (not isinstance(count, (int, np.integer)) or isinstance(
+      count, bool) or not 0 <= count <= image.shape[0]):
+    raise ValueError(f'count must be an int from 0 to the number of units '
+                     f'({image.shape[0]}), got {count!r}')
   return _project_cached(model, variables, cache, Units(image, channel, y, x, value),
-                         layer=layer, rule=rule, chunk_size=chunk_size)
+                         None if count is None else jnp.int32(count), layer=layer,
+                         rule=rule, chunk_size=chunk_size)
 
 
 def cache_inputs(spec, layers: Sequence[str], rule: str = 'deconvnet',
@@ -424,9 +435,9 @@ def _cache(model, variables, images, *, layers, rule, values):
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'layer', 'rule', 'chunk_size'))
-def _project_cached(model, variables, cache, units, *, layer, rule, chunk_size):
+def _project_cached(model, variables, cache, units, count, *, layer, rule, chunk_size):
   return _literal_units(model, variables, cache, units, layer, rule, chunk_size,
-                        place=False)
+                        place=False, count=count)
 
 
 # --------------------------------------------------------------- gradient formulation

@@ -183,12 +183,15 @@ def inside(window, y, x, map_size):
   return inside[..., None]
 
 
-def in_chunks(fn, xs, size):
+def in_chunks(fn, xs, size, count=None):
   """fn, which takes a batch, over the leading axis of the pytree xs, `size` at a time.
 
   The last batch may be smaller; fn's outputs (a pytree too) are joined along their
-  leading axis."""
+  leading axis. count (a traced int): only the batches holding the first `count` items
+  are computed (a loop of as many steps), the rest of the output is zero."""
   total = jax.tree.leaves(xs)[0].shape[0]
+  if count is not None:
+    return _first_chunks(fn, xs, size, count)
   full = total - total % size
   outs = []
   if full:
@@ -197,6 +200,28 @@ def in_chunks(fn, xs, size):
   if full < total:
     outs.append(fn(jax.tree.map(lambda a: a[full:], xs)))
   return outs[0] if len(outs) == 1 else jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
+
+
+def _first_chunks(fn, xs, size, count):
+  """in_chunks's batches that hold the first `count` items; zeros after them.
+
+  The items are padded to whole batches with zeros; items from the count-th on that share
+  its batch are computed, then zeroed like the rest."""
+  total = jax.tree.leaves(xs)[0].shape[0]
+  steps = -(-total // size)
+  chunks = jax.tree.map(lambda a: jnp.pad(a, [(0, steps * size - total)] + [(0, 0)] * (
+      a.ndim - 1)).reshape(steps, size, *a.shape[1:]), xs)
+  shapes = jax.eval_shape(fn, jax.tree.map(lambda a: a[0], chunks))
+  zeros = jax.tree.map(lambda s: jnp.zeros((steps, *s.shape), s.dtype), shapes)
+
+  def step(i, out):
+    part = fn(jax.tree.map(lambda a: a[i], chunks))
+    return jax.tree.map(lambda o, p: o.at[i].set(p), out, part)
+
+  out = lax.fori_loop(0, jnp.clip(-(-count // size), 0, steps), step, zeros)
+  kept = lambda a: jnp.where((jnp.arange(total) < count).reshape(-1, *[1] * (a.ndim - 2)),
+                             a.reshape(steps * size, *a.shape[2:])[:total], 0)
+  return jax.tree.map(kept, out)
 
 
 def place(window_values, row, col, image_size):

@@ -395,7 +395,7 @@ def project_layers(model: models.ConvNet, variables, wanted: dict, images: Image
   projections read (with the deconvnet rule, the highest pool below the layers: each
   entry is seeded with its own value), then every entry of every layer on those images in
   calls of `units_per_call` (`deconv.project_cached`, each projection computed only on
-  its window). kept: the caches `search(..., keep=...)` kept with this rule (one per
+  its window; a part-filled call runs only its chunks that hold entries). kept: the caches `search(..., keep=...)` kept with this rule (one per
   batch, covering every entry's example): no forward pass at all, `images` then only
   gives the geometry. Returns {layer: Patches} with NumPy pixels, equal to
   `project_entries`'s."""
@@ -430,7 +430,8 @@ def project_layers(model: models.ConvNet, variables, wanted: dict, images: Image
         rows = np.array([row_of[k] for k in key[part]])
         windows = deconv.project_cached(
             model, variables, cache, layer, _pad_to(rows, units_per_call), unit(channel),
-            unit(y), unit(x), rule=rule, chunk_size=units_per_call, value=unit(value))
+            unit(y), unit(x), rule=rule, chunk_size=units_per_call, value=unit(value),
+            count=part.size)
         pixels[layer][part] = np.asarray(windows)[:part.size]
   missing = [layer for layer in layers if covered[layer] != flat[layer][1].size]
   if missing:

@@ -103,8 +103,7 @@ def strongest(feature_map: Array, channels: Array) -> Units:
   n, _, width, _ = feature_map.shape
   maps = jnp.moveaxis(feature_map[..., channels], -1, 1)  # (N, K, H, W)
   flat = maps.reshape(n, len(channels), -1)
-  where = jnp.argmax(flat, axis=-1)
-  value = jnp.take_along_axis(flat, where[..., None], axis=-1)[..., 0]
+  value, where = ops.first_maximum(flat, axis=-1)
   image = jnp.broadcast_to(jnp.arange(n)[:, None], where.shape)
   channel = jnp.broadcast_to(channels[None, :], where.shape)
   return Units(image.reshape(-1), channel.reshape(-1), (where // width).reshape(-1),

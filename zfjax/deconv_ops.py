@@ -50,6 +50,19 @@ def switches(x: Array, record: Pool) -> Array:
   return where
 
 
+def first_maximum(x: Array, axis: int) -> tuple[Array, Array]:
+  """The maximum along `axis` and the first index that holds it (int32), as jnp.argmax.
+
+  Two plain reductions, the maximum and then the smallest index whose value equals it
+  (or is NaN, as argmax picks the first NaN): XLA:CPU ran argmax's reduction over (value,
+  index) pairs 14x slower on conv1's map of two images (5.2 against 0.36 ms)."""
+  value = jnp.max(x, axis=axis, keepdims=True)
+  index = lax.broadcasted_iota(jnp.int32, x.shape, axis % x.ndim)
+  hit = (x == value) | jnp.isnan(x)
+  first = jnp.min(jnp.where(hit, index, x.shape[axis]), axis=axis)
+  return jnp.squeeze(value, axis), first
+
+
 def unpool(signal: Array, where: Array, record: Pool) -> Array:
   """Adjoint of max pooling at recorded switches.
 

@@ -147,9 +147,8 @@ def candidates(feature_map: Array, mask: Array, example: Array) -> TopK:
 def strongest_positions(feature_map: Array) -> tuple[Array, Array]:
   """(B, C) value and flat row-major position of each image's maximum per channel."""
   flat = feature_map.reshape(feature_map.shape[0], -1, feature_map.shape[-1])
-  where = jnp.argmax(flat, axis=1)                                   # (B, C)
-  value = jnp.take_along_axis(flat, where[:, None, :], axis=1)[:, 0]
-  return value.astype(jnp.float32), where.astype(jnp.int32)
+  value, where = deconv_ops.first_maximum(flat, axis=1)              # (B, C)
+  return value.astype(jnp.float32), where
 
 
 def _candidates(value: Array, where: Array, width: int, mask: Array, example: Array) -> TopK:

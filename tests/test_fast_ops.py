@@ -42,9 +42,12 @@ POOLS = [  # (height, width, window, stride, padding)
 ]
 
 
+@pytest.mark.parametrize('one_pass', [False, True], ids=['rows-then-columns', '2-D'])
 @pytest.mark.parametrize('height,width,window,stride,padding', POOLS)
 def test_max_pool_equals_reduce_window_and_its_gradient(height, width, window, stride,
-                                                        padding):
+                                                        padding, one_pass, monkeypatch):
+  if one_pass:  # the 2-D reduce_window that large maps take
+    monkeypatch.setattr(fast_ops, 'SEPARABLE_POOL_BYTES', 0)
   x = distinct((2, height, width, 3))
   def value_and_grad(pool, g):
     y, vjp = jax.vjp(lambda x: pool(x, window, stride, padding), x)

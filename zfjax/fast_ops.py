@@ -4,9 +4,9 @@
     y = fast_ops.conv_general_dilated(x, kernel, (2, 2), [(1, 1), (1, 1)],
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
-Evaluated, max pooling is the plain op (`lax.reduce_window` max) and a convolution on a
-CPU is matrix products (im2col) a few images at a time; both equal the plain ops (the
-convolution up to float32 rounding). What changes most is how their derivatives are
+Evaluated, max pooling is the plain op (`lax.reduce_window` max; rows, then columns, on
+maps that fit the caches) and a convolution on a CPU is matrix products (im2col) a few
+images at a time; both equal the plain ops (the convolution up to float32 rounding). What changes most is how their derivatives are
 computed; `models.ConvNet` trains with them:
 
 - `max_pool`: a custom VJP that routes each output's gradient to its window's maximum,
@@ -49,9 +49,28 @@ def max_pool(x: Array, window: int, stride: int, padding) -> Array:
   return _max_pool(x, int(window), int(stride), padding)
 
 
+SEPARABLE_POOL_BYTES = 1 << 24  # pools whose rows pass writes at most this: two 1-D passes
+
+
 def _reduce_max(x, window, stride, padding):
-  return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, (1, window, window, 1),
-                           (1, stride, stride, 1), ((0, 0), *padding, (0, 0)))
+  """The pool's maxima: in two 1-D passes (rows, then columns) while the rows pass's
+  output stays near the caches (SEPARABLE_POOL_BYTES), else one 2-D reduce_window.
+
+  The same values (max is exact). XLA:CPU's reduce_window costs about its window's area
+  per output: two passes ran 2-3x faster on the search's steps of two images (pool1: 2.2
+  against 0.64 ms) and on 32 images' pool2, but slower once the intermediate map spills
+  (pool1 at 8 images and more)."""
+  init = jnp.array(-jnp.inf, x.dtype)
+  (lo_h, hi_h), (lo_w, hi_w) = padding
+  rows_bytes = (x.shape[0] * ((x.shape[1] + lo_h + hi_h - window) // stride + 1)
+                * x.shape[2] * x.shape[3] * x.dtype.itemsize)
+  if rows_bytes > SEPARABLE_POOL_BYTES:
+    return lax.reduce_window(x, init, lax.max, (1, window, window, 1),
+                             (1, stride, stride, 1), ((0, 0), *padding, (0, 0)))
+  rows = lax.reduce_window(x, init, lax.max, (1, window, 1, 1), (1, stride, 1, 1),
+                           ((0, 0), (lo_h, hi_h), (0, 0), (0, 0)))
+  return lax.reduce_window(rows, init, lax.max, (1, 1, window, 1), (1, 1, stride, 1),
+                           ((0, 0), (0, 0), (lo_w, hi_w), (0, 0)))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))

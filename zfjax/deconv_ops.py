@@ -232,9 +232,9 @@ def _first_chunks(fn, xs, size, count):
     return jax.tree.map(lambda o, p: o.at[i].set(p), out, part)
 
   out = lax.fori_loop(0, jnp.clip(-(-count // size), 0, steps), step, zeros)
-  kept = lambda a: jnp.where((jnp.arange(total) < count).reshape(-1, *[1] * (a.ndim - 2)),
-                             a.reshape(steps * size, *a.shape[2:])[:total], 0)
-  return jax.tree.map(kept, out)
+  first = lambda a: jnp.where((jnp.arange(total) < count).reshape(-1, *[1] * (a.ndim - 2)),
+                              a.reshape(steps * size, *a.shape[2:])[:total], 0)
+  return jax.tree.map(first, out)
 
 
 def place(window_values, row, col, image_size):

@@ -6,8 +6,9 @@
 
 Evaluated, max pooling is the plain op (`lax.reduce_window` max; rows, then columns, on
 maps that fit the caches) and a convolution on a CPU is matrix products (im2col) a few
-images at a time; both equal the plain ops (the convolution up to float32 rounding). What changes most is how their derivatives are
-computed; `models.ConvNet` trains with them:
+images at a time; both equal the plain ops (the convolution up to float32 rounding).
+What changes most is how their derivatives are computed; `models.ConvNet` trains with
+them:
 
 - `max_pool`: a custom VJP that routes each output's gradient to its window's maximum,
   the first one in row-major order on ties, as the deconvnet's switches do
@@ -53,13 +54,14 @@ SEPARABLE_POOL_BYTES = 1 << 24  # pools whose rows pass writes at most this: two
 
 
 def _reduce_max(x, window, stride, padding):
-  """The pool's maxima: in two 1-D passes (rows, then columns) while the rows pass's
-  output stays near the caches (SEPARABLE_POOL_BYTES), else one 2-D reduce_window.
+  """The pool's maxima, in two 1-D passes while the intermediate map stays small.
 
-  The same values (max is exact). XLA:CPU's reduce_window costs about its window's area
-  per output: two passes ran 2-3x faster on the search's steps of two images (pool1: 2.2
-  against 0.64 ms) and on 32 images' pool2, but slower once the intermediate map spills
-  (pool1 at 8 images and more)."""
+  Rows, then columns, while the rows pass's output fits SEPARABLE_POOL_BYTES (it stays
+  near the caches), else one 2-D reduce_window. The same values (max is exact).
+  XLA:CPU's reduce_window costs about its window's area per output: two passes ran 2-3x
+  faster on the search's steps of two images (pool1: 2.2 against 0.64 ms) and on 32
+  images' pool2, but 6-20% slower once the intermediate map spills (pool1 at 8 to 64
+  images)."""
   init = jnp.array(-jnp.inf, x.dtype)
   (lo_h, hi_h), (lo_w, hi_w) = padding
   rows_bytes = (x.shape[0] * ((x.shape[1] + lo_h + hi_h - window) // stride + 1)

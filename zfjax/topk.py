@@ -394,10 +394,10 @@ def project_layers(model: models.ConvNet, variables, wanted: dict, images: Image
   projections read (with the deconvnet rule, the highest pool below the layers: each
   entry is seeded with its own value), then every entry of every layer on those images in
   calls of `units_per_call` (`deconv.project_cached`, each projection computed only on
-  its window; a part-filled call runs only its chunks that hold entries). kept: the caches `search(..., keep=...)` kept with this rule (one per
-  batch, covering every entry's example): no forward pass at all, `images` then only
-  gives the geometry. Returns {layer: Patches} with NumPy pixels, equal to
-  `project_entries`'s."""
+  its window; a part-filled call runs only the chunks that hold entries). kept: the
+  caches `search(..., keep=...)` kept with this rule (one per batch, covering every
+  entry's example): no forward pass at all, `images` then only gives the geometry.
+  Returns {layer: Patches} with NumPy pixels, equal to `project_entries`'s."""
   layers = tuple(wanted)
   if not layers:
     return {}

@@ -50,12 +50,21 @@ def switches(x: Array, record: Pool) -> Array:
   return where
 
 
+TWO_PASS_BYTES = 1 << 24  # first_maximum's two reductions up to this, one pass beyond
+
+
 def first_maximum(x: Array, axis: int) -> tuple[Array, Array]:
   """The maximum along `axis` and the first index that holds it (int32), as jnp.argmax.
 
-  Two plain reductions, the maximum and then the smallest index whose value equals it
-  (or is NaN, as argmax picks the first NaN): XLA:CPU ran argmax's reduction over (value,
-  index) pairs 14x slower on conv1's map of two images (5.2 against 0.36 ms)."""
+  Up to TWO_PASS_BYTES, two plain reductions: the maximum, then the smallest index whose
+  value equals it (or is NaN, as argmax picks the first NaN). XLA:CPU ran argmax's
+  reduction over (value, index) pairs 14x slower on conv1's map of two images (5.2
+  against 0.36 ms). But the two passes read x twice, so XLA keeps x (a ReLU's output,
+  say) in memory: for larger arrays (a whole batch's conv1 map) argmax's one pass."""
+  if x.size * x.dtype.itemsize > TWO_PASS_BYTES:
+    index = jnp.argmax(x, axis=axis)
+    value = jnp.take_along_axis(x, jnp.expand_dims(index, axis), axis=axis)
+    return jnp.squeeze(value, axis), index.astype(jnp.int32)
   value = jnp.max(x, axis=axis, keepdims=True)
   index = lax.broadcasted_iota(jnp.int32, x.shape, axis % x.ndim)
   hit = (x == value) | jnp.isnan(x)

@@ -325,7 +325,7 @@ def test_dataset_not_here_exits_2(tmp_path, capsys):
                 conv_features=(4, 4, 4, 4, 4), fc_features=(8, 8),
                 data_dir=str(tmp_path / 'no_data'))
   model = models.from_config(config, 10)
-  params = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))['params']
+  params = models.init_params(model, 0, 32)
   manager = checkpoints.create_manager(tmp_path / 'net' / 'checkpoints', async_save=False)
   checkpoints.save(manager, 1, {'params': params}, config=config)
   manager.wait_until_finished()

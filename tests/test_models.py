@@ -8,8 +8,7 @@ import torch
 
 from zfjax import architecture, models
 
-# ZFNet's geometry, narrow maps: the network of tests/test_deconv.py and others, whose
-# init (the same call as here) a test session then runs once.
+# ZFNet's geometry, narrow maps: the network of tests/test_deconv.py and others.
 SMALL = architecture.zfnet(num_classes=4, conv_features=(12, 16, 24, 24, 16),
                            fc_features=(8, 8))
 
@@ -17,7 +16,7 @@ SMALL = architecture.zfnet(num_classes=4, conv_features=(12, 16, 24, 24, 16),
 @pytest.fixture(scope='module')
 def small():
   model = models.ConvNet(SMALL)
-  return model, model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
+  return model, {'params': models.init_params(model, 0, 224)}
 
 
 def test_parameter_names_and_layouts(small):

@@ -463,8 +463,6 @@ def photo_workdir(tmp_path_factory):
   Its dataset, imagenet2012, is looked for in an empty data_dir: the photo and fallback
   paths.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from zfjax.configs import zfnet  # pylint: disable=g-import-not-at-top
   from zfjax import checkpoints, models  # pylint: disable=g-import-not-at-top
   path = tmp_path_factory.mktemp('zf_photo')
@@ -472,7 +470,7 @@ def photo_workdir(tmp_path_factory):
   config.update(conv_features=(8, 8, 8, 8, 8), fc_features=(16, 16), init='he_normal',
                 data_dir=str(path / 'no_data'))
   model = models.from_config(config, 1000)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))['params']
+  params = models.init_params(model, 0, 224)
   manager = checkpoints.create_manager(path / 'checkpoints', async_save=False)
   checkpoints.save(manager, 7, {'params': params}, config=config)
   manager.wait_until_finished()

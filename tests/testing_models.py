@@ -3,6 +3,7 @@
 Shared test helpers: models whose deep layers are alive with random weights, and
 visualize.py (a script) loaded as a module."""
 
+import functools
 import importlib.util
 import os
 import pathlib
@@ -17,18 +18,24 @@ def alive_variables(model, seed=0, image_size=224):
   """Variables with He-normal kernels and small positive biases.
 
   Unlike the paper's normal(1e-2) init, conv5 is far from all-zero on random images, so
-  tests see real switches and real signs."""
-  variables = model.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3)))
-  key = jax.random.key(seed + 1)
-  leaves, tree = jax.tree_util.tree_flatten(variables['params'])
-  keys = jax.random.split(key, len(leaves))
-  def draw(k, leaf):
-    if leaf.ndim == 1:
-      return jax.random.uniform(k, leaf.shape, maxval=0.1)
-    fan_in = np.prod(leaf.shape[:-1])
-    return jax.random.normal(k, leaf.shape) * np.sqrt(2.0 / fan_in)
-  drawn = [draw(k, leaf) for k, leaf in zip(keys, leaves)]
-  return {'params': jax.tree_util.tree_unflatten(tree, drawn)}
+  tests see real switches and real signs. Every parameter is drawn here, so the model's
+  own init only gives their shapes (jax.eval_shape: no forward pass to run), and the draws
+  are one compiled program (eagerly, each shape compiled its own: about 9 s a network)."""
+  shapes = jax.eval_shape(model.init, jax.random.key(seed),
+                          jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32))
+  leaves, tree = jax.tree_util.tree_flatten(shapes['params'])
+
+  @functools.partial(jax.jit, compiler_options={'xla_backend_optimization_level': 0})
+  def draw_all(key):
+    drawn = []
+    for k, leaf in zip(jax.random.split(key, len(leaves)), leaves):
+      if len(leaf.shape) == 1:
+        drawn.append(jax.random.uniform(k, leaf.shape, maxval=0.1))
+      else:
+        fan_in = np.prod(leaf.shape[:-1])
+        drawn.append(jax.random.normal(k, leaf.shape) * np.sqrt(2.0 / fan_in))
+    return drawn
+  return {'params': jax.tree_util.tree_unflatten(tree, draw_all(jax.random.key(seed + 1)))}
 
 
 def random_images(n, seed=0, size=224):

@@ -40,8 +40,7 @@ def new_head_params(source: loading.Loaded, num_classes: int, seed: int, pretrai
   Every other layer comes from the source (pretrained) or all from a fresh init (scratch).
   """
   model = models.from_config(source.config, num_classes)
-  shape = (1, source.image_size, source.image_size, 3)
-  params = model.init(jax.random.key(seed), jnp.zeros(shape))['params']
+  params = models.init_params(model, seed, source.image_size)
   if pretrained:
     head = last_dense(model.spec)
     params = {name: (value if name == head else source.params[name])

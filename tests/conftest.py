@@ -1,6 +1,6 @@
 """The suite's rules and shared fixtures.
 
-Two tiers: the default run (`python -m pytest -q -n 2`, under 5 minutes on 2 cores) and
+Two tiers: the default run (`python -m pytest -q -n 2`, 4-5 minutes on 2 cores) and
 the full one (`python -m pytest -q -n 2 --full`): every test, the `slow` ones included, and
 hypothesis exploring at random with more examples. CI runs both (README, .ci/run).
 

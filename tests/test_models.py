@@ -29,6 +29,22 @@ def test_parameter_names_and_layouts(small):
   assert abs(float(params['fc6']['kernel'].std()) - 1e-2) < 1e-3  # the paper's init
 
 
+@pytest.mark.slow  # full tier: the reference init compiles for seconds (test_transfer's
+# new-head test runs init_params in the default one)
+def test_init_params_is_the_models_init():
+  """models.init_params: model.init's parameters, compiled once (to float32 rounding)."""
+  model = models.ConvNet(architecture.small_zfnet(num_classes=3, conv_features=(4, 4, 4, 4, 4),
+                                                  fc_features=(8, 8)))
+  expected = jax.jit(model.init)(jax.random.key(1), jnp.zeros((1, 32, 32, 3)))['params']
+  got = models.init_params(model, 1, 32)
+  assert jax.tree.structure(got) == jax.tree.structure(expected)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+    assert a.shape == b.shape and a.dtype == b.dtype
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  other = models.init_params(model, 2, 32)
+  assert not np.array_equal(got['conv1']['kernel'], other['conv1']['kernel'])  # seeded
+
+
 def test_fc6_reads_pool5_flattened_in_hwc_order(small):
   model, variables = small
   images = jax.random.normal(jax.random.key(1), (2, 224, 224, 3)) * 50

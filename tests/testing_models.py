@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zfjax import models
+
 
 def alive_variables(model, seed=0, image_size=224):
   """Variables with He-normal kernels and small positive biases.
@@ -25,7 +27,7 @@ def alive_variables(model, seed=0, image_size=224):
                           jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32))
   leaves, tree = jax.tree_util.tree_flatten(shapes['params'])
 
-  @functools.partial(jax.jit, compiler_options={'xla_backend_optimization_level': 0})
+  @functools.partial(jax.jit, compiler_options=models.ONE_SHOT_CPU_OPTIONS)
   def draw_all(key):
     drawn = []
     for k, leaf in zip(jax.random.split(key, len(leaves)), leaves):

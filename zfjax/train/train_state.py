@@ -92,7 +92,7 @@ def create_train_state(config, model: models.ConvNet, optimizer: optax.GradientT
   """
   init = lambda: init_train_state(config, model, optimizer, image_shape)
   on_cpu = mesh.devices.flat[0].platform == 'cpu'
-  options = {'xla_backend_optimization_level': 0} if on_cpu else None
+  options = models.ONE_SHOT_CPU_OPTIONS if on_cpu else None
   return jax.jit(init, out_shardings=parallel.replicated(mesh), compiler_options=options)()
 
 

@@ -389,8 +389,9 @@ def project_layers(model: models.ConvNet, variables, wanted: dict, images: Image
 
   `wanted`: {layer: (entries, channel)}, entries a TopK of any shape and channel of the
   same shape (as `project_entries`). Images are taken `images_per_call` at a time (sorted,
-  padded to that many; by default as many as a cache of CACHE_BYTES holds, so that few
-  calls are left part-empty): one forward pass (`deconv.forward_cache`) as high as the
+  padded to that many; by default as many as a cache of CACHE_BYTES holds, evened out over
+  all of `images`, so that calls given as many images share their compiled programs
+  whichever images the entries name): one forward pass (`deconv.forward_cache`) as high as the
   projections read (with the deconvnet rule, the highest pool below the layers: each
   entry is seeded with its own value), then every entry of every layer on those images in
   calls of `units_per_call` (`deconv.project_cached`, each projection computed only on
@@ -453,10 +454,13 @@ def _forward_caches(model, variables, images, flat, rule, images_per_call):
   layers = tuple(flat)
   needed = np.unique(np.concatenate([flat[layer][2][flat[layer][1]] for layer in layers]))
   if images_per_call is None:
+    # Evened out over all the images given, not the ones needed: calls on batches of one
+    # size then share their compiled programs, whichever images their entries name.
     per_image = deconv.cache_bytes(model.spec, images.image.shape[1:], layers, rule,
                                    values=False)
-    calls = -(-needed.size // max(1, CACHE_BYTES // max(per_image, 1)))
-    images_per_call = max(1, -(-needed.size // max(calls, 1)))  # evened out
+    available = images.image.shape[0]
+    calls = -(-available // max(1, CACHE_BYTES // max(per_image, 1)))
+    images_per_call = max(1, -(-available // max(calls, 1)))
   for start in range(0, needed.size, images_per_call):
     group = needed[start:start + images_per_call]
     yield group, deconv.forward_cache(model, variables,

@@ -118,44 +118,57 @@ def random_images(num_images: int, image_size: int, seed: int) -> np.ndarray:
 
 
 def generate(config: Config = FULL, seed: int = 0) -> dict[str, np.ndarray]:
-  """Every array of a reference file, 'metadata' included (see the module doc)."""
+  """Every array of a reference file, 'metadata' included (see the module doc).
+
+  The forward pass, the projections and the occlusion maps are one compiled program, on CPU
+  at XLA's lowest optimization level (models.ONE_SHOT_CPU_OPTIONS): it runs once."""
   spec = config.spec()
   params = random_params(spec, config.image_size, seed)
   images = random_images(config.num_images, config.image_size, seed)
-  model = models.ConvNet(spec)
-  variables = {'params': jax.tree.map(jnp.asarray, params)}
-  x = jnp.asarray(images)
-  names = architecture.layer_names(spec)
+  names = []  # the computed arrays' names, in the order computed (a dict output is sorted)
+
+  def compute(params, x):
+    arrays = _computed(models.ConvNet(spec), config, params, x)
+    names[:] = arrays
+    return list(arrays.values())
+
+  options = models.ONE_SHOT_CPU_OPTIONS if jax.default_backend() == 'cpu' else None
+  values = jax.jit(compute, compiler_options=options)(jax.tree.map(jnp.asarray, params),
+                                                      jnp.asarray(images))
   out = {f'params/{layer}/{kind}': value
          for layer, pair in params.items() for kind, value in pair.items()}
   out['images'] = images
+  out.update(zip(names, map(np.asarray, values)))
+  out['metadata'] = np.asarray(json.dumps(metadata(config, seed), indent=1))
+  return out
 
+
+def _computed(model: models.ConvNet, config: Config, params: dict, x) -> dict:
+  """The arrays that zfjax computes (activations, projections, occlusion), by name."""
+  variables = {'params': params}
+  names = architecture.layer_names(model.spec)
   maps = models.activations(model, variables, x, names)
-  for name in names:
-    out[f'activations/{name}'] = np.asarray(maps[name])
-
-  channels = jnp.asarray(config.channels, jnp.int32)
-  out['deconv/channels'] = np.asarray(config.channels, np.int32)
+  out = {f'activations/{name}': maps[name] for name in names}
+  channels = out['deconv/channels'] = jnp.asarray(config.channels, jnp.int32)
   for layer in config.projected:
     units = deconv.strongest(maps[layer], channels)
     shape = (config.num_images, len(config.channels))
-    out[f'deconv/seeds/{layer}/position'] = np.stack(
-        [np.asarray(units.y), np.asarray(units.x)], -1).reshape(*shape, 2).astype(np.int32)
-    out[f'deconv/seeds/{layer}/value'] = np.asarray(units.value).reshape(shape)
+    out[f'deconv/seeds/{layer}/position'] = jnp.stack([units.y, units.x], -1).reshape(
+        *shape, 2).astype(jnp.int32)
+    out[f'deconv/seeds/{layer}/value'] = units.value.reshape(shape)
     for rule in RULES:
-      out[f'deconv/{rule}/{layer}'] = np.asarray(
-          deconv.project(model, variables, x, layer, channels, rule=rule))
+      out[f'deconv/{rule}/{layer}'] = deconv.project(model, variables, x, layer, channels,
+                                                     rule=rule)
 
-  label = int(np.argmax(out[f'activations/{names[-1]}'][0]))
-  maps = occlusion.sensitivity(model, variables, x[0], label, patch=config.patch,
-                               stride=config.stride, fill=config.fill,
-                               winograd=False)  # the exact maps, for other frameworks
-  out['occlusion/label'] = np.asarray(label, np.int32)
-  out['occlusion/channel'] = np.asarray(maps.channel, np.int32)
-  out['occlusion/prob'] = np.asarray(maps.prob, np.float32)
-  out['occlusion/top_class'] = np.asarray(maps.top_class, np.int32)
-  out['occlusion/feature'] = np.asarray(maps.feature, np.float32)
-  out['metadata'] = np.asarray(json.dumps(metadata(config, seed), indent=1))
+  label = jnp.argmax(maps[names[-1]][0]).astype(jnp.int32)
+  occluded = occlusion.sensitivity(model, variables, x[0], label, patch=config.patch,
+                                   stride=config.stride, fill=config.fill,
+                                   winograd=False)  # the exact maps, for other frameworks
+  out['occlusion/label'] = label
+  out['occlusion/channel'] = occluded.channel.astype(jnp.int32)
+  out['occlusion/prob'] = occluded.prob.astype(jnp.float32)
+  out['occlusion/top_class'] = occluded.top_class.astype(jnp.int32)
+  out['occlusion/feature'] = occluded.feature.astype(jnp.float32)
   return out
 
 

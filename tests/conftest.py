@@ -11,6 +11,14 @@ Rules every run keeps:
   CI also runs the suite in a network namespace with only loopback);
 - no test leaves a file in the current directory;
 - subprocesses share one JAX compilation cache, new for each run.
+
+Compile effort. Most of the default tier's programs are small and take longer to compile
+than to run: on a 2-core Zen 1 host, XLA's compiles were 308 s of its 658 s of test time.
+So the default tier compiles in-process with JAX's `jax_disable_most_optimizations` (XLA's
+lowest optimization level), 20% less test time; files marked `optimized` (the deconvnet
+against its gradient form and PyTorch, whose full-size transposed convolutions run 10-50x
+slower unoptimized) and the whole full tier compile as users do. Subprocesses (train.py
+runs) always do.
 """
 
 import ipaddress
@@ -18,6 +26,7 @@ import os
 import pathlib
 import shutil
 import socket
+import sys
 import tempfile
 
 import hypothesis
@@ -56,8 +65,27 @@ def pytest_configure(config):
   _refuse_remote_connections()
 
 
+# Seconds of each file's default-tier tests (2-core Zen 1 host, 2026-12-07). pytest-xdist
+# (--dist loadfile --no-loadscope-reorder, pyproject.toml) hands out files in collection
+# order, so the longest are collected first (a file not listed, last): the two workers then
+# finish within a short file of each other. (xdist's own order, most tests first, left the
+# long files with few tests to the end.) Only the order depends on these figures.
+FILE_SECONDS = {
+    'test_topk.py': 57, 'test_training.py': 51, 'test_microscope.py': 46,
+    'test_train_cli.py': 44, 'test_interop.py': 38, 'test_occlusion.py': 37,
+    'test_input_pipeline.py': 36, 'test_deconv.py': 34, 'test_deconv_torch.py': 34,
+    'test_transfer.py': 23, 'test_install.py': 21, 'test_invariance.py': 21,
+    'test_visualize.py': 15, 'test_fast_ops.py': 14, 'test_suite_rules.py': 13,
+    'test_correspondence.py': 13, 'test_train_imagenet_mock.py': 12, 'test_reference.py': 12,
+    'test_models.py': 12, 'test_loading.py': 8, 'test_notebook.py': 7,
+    'test_architecture.py': 5, 'test_hardening_checkpoints.py': 5, 'test_cli.py': 4,
+    'test_tables.py': 4, 'test_ensemble.py': 3, 'test_properties.py': 3,
+}
+
+
 def pytest_collection_modifyitems(config, items):
-  """Without --full (and without -m), the slow tests are deselected."""
+  """The longest files first (FILE_SECONDS); without --full (and -m), no slow tests."""
+  items.sort(key=lambda item: -FILE_SECONDS.get(item.path.name, 0))  # stable: file order kept
   if config.getoption('--full') or config.getoption('-m'):
     return
   slow = [item for item in items if item.get_closest_marker('slow')]
@@ -140,6 +168,19 @@ def _refuse_remote_connections():
 
   socket.socket.connect = guarded_connect
   socket.socket.connect_ex = guarded_connect_ex
+
+
+@pytest.fixture(scope='module', autouse=True)
+def compile_effort(request):
+  """XLA's lowest optimization level in the default tier, except in `optimized` files.
+
+  Only where the file has imported JAX (a file that does not compiles nothing, and
+  importing JAX would cost the suite's own pytester runs seconds each)."""
+  jax = sys.modules.get('jax')
+  if jax is not None:
+    light = not (request.config.getoption('--full')
+                 or request.node.get_closest_marker('optimized'))
+    jax.config.update('jax_disable_most_optimizations', light)
 
 
 @pytest.fixture(scope='session')

@@ -20,6 +20,10 @@ import pytest
 from zfjax import architecture, deconv, deconv_ops, fast_ops, models
 from testing_models import alive_variables, random_images
 
+# Compiled as users do in the default tier too (conftest.py): the gradient form's
+# full-size transposed convolutions run 10-50x slower at XLA's lowest optimization level.
+pytestmark = pytest.mark.optimized
+
 # Full ZFNet conv geometry, narrow maps: fast, and the cones are the paper's.
 SPEC = architecture.zfnet(num_classes=4, conv_features=(12, 16, 24, 24, 16),
                           fc_features=(8, 8))
@@ -30,6 +34,12 @@ slow = pytest.mark.slow
 # the other cells in the full tier (the plain gradient's 'gradient' method is jax.grad).
 DEFAULT_CELLS = {('conv1', 'deconvnet'), ('conv2', 'deconvnet'), ('conv5', 'deconvnet'),
                  ('conv5', 'guided')}
+
+
+
+def test_this_file_compiles_as_users_do():
+  """Marked `optimized`: conftest leaves XLA's optimizations on here, in both tiers."""
+  assert not jax.config.read('jax_disable_most_optimizations')
 
 
 @pytest.fixture(scope='module')

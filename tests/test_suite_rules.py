@@ -1,11 +1,13 @@
 """The suite's own rules (tests/conftest.py), each shown to fail a run that breaks it.
 
 A skip outside the allowlist, a file left in the current directory, a connection off this
-machine; and the tiers: slow tests only with --full."""
+machine; and the tiers: slow tests only with --full, the default tier's light compiles."""
 
+import os
 import pathlib
 import shutil
 
+import jax
 import pytest
 
 pytest_plugins = ['pytester']
@@ -70,3 +72,11 @@ def test_slow_tests_run_only_in_the_full_tier(suite):
   full = suite(source, '-s', '--full')
   full.assert_outcomes(passed=2)
   full.stdout.fnmatch_lines(['*tier 1*'])
+
+
+def test_this_file_compiles_light_in_the_default_tier_only():
+  """conftest's compile effort: XLA's lowest optimization level unless --full.
+
+  This file is not marked `optimized`; test_deconv.py, which is, checks the other side."""
+  light = os.environ['ZFJAX_FULL_TESTS'] == '0'
+  assert jax.config.read('jax_disable_most_optimizations') == light

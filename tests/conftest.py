@@ -81,11 +81,39 @@ FILE_SECONDS = {
     'test_architecture.py': 5, 'test_hardening_checkpoints.py': 5, 'test_cli.py': 4,
     'test_tables.py': 4, 'test_ensemble.py': 3, 'test_properties.py': 3,
 }
+# Files that compile the same programs (one network, its weights and images): one worker
+# runs them all, so each program compiles once (measured: 80 s apart, 68 s together).
+SHARED_PROGRAMS = {'test_deconv_torch.py': 'test_deconv.py', 'test_occlusion.py': 'test_deconv.py'}
+
+
+def _unit(name: str) -> str:
+  """The work unit (a file name) that a test file's tests go to a worker with."""
+  return SHARED_PROGRAMS.get(name, name)
+
+
+def _unit_seconds(name: str) -> int:
+  return sum(seconds for other, seconds in FILE_SECONDS.items() if _unit(other) == _unit(name))
+
+
+def pytest_xdist_make_scheduler(config, log):
+  """--dist loadfile, the files of a SHARED_PROGRAMS group as one unit of work."""
+  if config.getoption('dist') != 'loadfile':
+    return None
+  from xdist.scheduler import LoadFileScheduling  # pylint: disable=import-outside-toplevel
+
+  class SharedProgramsScheduling(LoadFileScheduling):
+
+    def _split_scope(self, nodeid):
+      directory, _, name = nodeid.partition('::')[0].rpartition('/')
+      return f'{directory}/{_unit(name)}'
+
+  return SharedProgramsScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
-  """The longest files first (FILE_SECONDS); without --full (and -m), no slow tests."""
-  items.sort(key=lambda item: -FILE_SECONDS.get(item.path.name, 0))  # stable: file order kept
+  """The longest units of work first (FILE_SECONDS); without --full (and -m), no slow tests."""
+  # The longest units first, a unit's files together; stable: each file's order kept.
+  items.sort(key=lambda item: (-_unit_seconds(item.path.name), _unit(item.path.name)))
   if config.getoption('--full') or config.getoption('-m'):
     return
   slow = [item for item in items if item.get_closest_marker('slow')]
@@ -188,18 +216,28 @@ def digits_smoke_run(tmp_path_factory):
   """A function seed -> the workdir of a finished configs/digits.py:smoke run with that seed.
 
   4 steps of a narrow small_zfnet, checkpoints at steps 2 and 4, results.json; trained
-  in-process once per seed per test session. Treat the workdir as read-only.
+  in-process once per seed per test run: pytest-xdist's workers share it (the first to
+  need it trains it under a file lock, the others wait for it). Treat it as read-only.
   """
+  import filelock  # pylint: disable=import-outside-toplevel
   from zfjax.configs import digits  # pylint: disable=import-outside-toplevel
   from zfjax import train  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent  # the run's, above each worker's own
   runs = {}
 
   def run(seed: int = 0):
     if seed not in runs:
-      config = digits.get_config('smoke')
-      config.seed = seed
-      workdir = tmp_path_factory.mktemp(f'digits_smoke_seed{seed}')
-      train.train_and_evaluate(config, workdir)
+      workdir, done = root / f'digits_smoke_seed{seed}', root / f'digits_smoke_seed{seed}.done'
+      with filelock.FileLock(root / f'digits_smoke_seed{seed}.lock'):
+        if not done.exists():
+          shutil.rmtree(workdir, ignore_errors=True)  # a run that failed part-way
+          workdir.mkdir()
+          config = digits.get_config('smoke')
+          config.seed = seed
+          train.train_and_evaluate(config, workdir)
+          done.touch()
       runs[seed] = workdir
     return runs[seed]
 

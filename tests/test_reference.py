@@ -9,7 +9,7 @@
 - The metadata documents the layout of every array.
 
 The small file is generated once, in-process through the command line's main
-(zfjax.cli.reference); the full file (224x224, about 40 s, through `python -m
+(zfjax.cli.reference); the full file (224x224, about 20 s, through `python -m
 zfjax.reference`) is the full tier's.
 """
 

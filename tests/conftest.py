@@ -1,6 +1,6 @@
 """The suite's rules and shared fixtures.
 
-Two tiers: the default run (`python -m pytest -q -n 2`, 4-5 minutes on 2 cores) and
+Two tiers: the default run (`python -m pytest -q -n 2`, under 5 minutes on 2 cores) and
 the full one (`python -m pytest -q -n 2 --full`): every test, the `slow` ones included, and
 hypothesis exploring at random with more examples. CI runs both (README, .ci/run).
 
@@ -15,10 +15,12 @@ Rules every run keeps:
 Compile effort. Most of the default tier's programs are small and take longer to compile
 than to run: on a 2-core Zen 1 host, XLA's compiles were 308 s of its 658 s of test time.
 So the default tier compiles in-process with JAX's `jax_disable_most_optimizations` (XLA's
-lowest optimization level), 20% less test time; files marked `optimized` (the deconvnet
-against its gradient form and PyTorch, whose full-size transposed convolutions run 10-50x
-slower unoptimized) and the whole full tier compile as users do. Subprocesses (train.py
-runs) always do.
+lowest optimization level), 20% less test time. Files marked `optimized` compile as users
+do: the deconvnet against its gradient form and PyTorch, whose full-size transposed
+convolutions run far slower unoptimized (one such test took 22 s instead of 0.3). So does
+the whole full tier, and so do subprocesses (train.py runs).
+
+Scheduling: FILE_SECONDS and SHARED_PROGRAMS below.
 """
 
 import ipaddress

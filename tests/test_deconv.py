@@ -21,7 +21,8 @@ from zfjax import architecture, deconv, deconv_ops, fast_ops, models
 from testing_models import alive_variables, random_images
 
 # Compiled as users do in the default tier too (conftest.py): the gradient form's
-# full-size transposed convolutions run 10-50x slower at XLA's lowest optimization level.
+# full-size transposed convolutions run far slower at XLA's lowest optimization level
+# (test_literal_equals_gradient_formulation[conv2-deconvnet]: 22 s instead of 0.3).
 pytestmark = pytest.mark.optimized
 
 # Full ZFNet conv geometry, narrow maps: fast, and the cones are the paper's.

@@ -338,6 +338,26 @@ def test_projecting_several_layers_from_shared_forward_passes(model, variables, 
   alone = topk.project_layers(model, variables, {'conv1': wanted['conv1']}, gathered,
                               rule=rule)
   np.testing.assert_allclose(alone['conv1'].pixels, shared['conv1'].pixels, rtol=1e-6, atol=0)
+  # Its caches are evened over all the images given, not the ones the entries name: a call
+  # whose entries name fewer images compiles no new cache or projection program.
+  entries, channel = wanted['conv1']
+  first = topk.TopK(*(np.asarray(a)[:, :1] for a in entries))
+  named = lambda e: np.unique(e.example[e.example >= 0]).size
+  assert named(first) < named(entries)
+  compiled = []
+  def listener(event, duration, fun_name='', **kwargs):  # pylint: disable=unused-argument
+    if event == '/jax/core/compile/backend_compile_duration' and (
+        '_project_cached' in fun_name or '_cache' in fun_name):
+      compiled.append(fun_name)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    fewer = topk.project_layers(model, variables, {'conv1': (first, channel[:, :1])},
+                                gathered, rule=rule)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert not compiled, compiled
+  np.testing.assert_allclose(fewer['conv1'].pixels, alone['conv1'].pixels[:, :1], rtol=1e-6,
+                             atol=0)
   cache = deconv.forward_cache(model, variables, jnp.asarray(images[:2]), ['conv1'])
   with pytest.raises(ValueError, match="no 'conv5'"):
     deconv.project_cached(model, variables, cache, 'conv5', [0], [0], [0], [0])

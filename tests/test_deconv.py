@@ -37,7 +37,6 @@ DEFAULT_CELLS = {('conv1', 'deconvnet'), ('conv2', 'deconvnet'), ('conv5', 'deco
                  ('conv5', 'guided')}
 
 
-
 def test_this_file_compiles_as_users_do():
   """Marked `optimized`: conftest leaves XLA's optimizations on here, in both tiers."""
   assert not jax.config.read('jax_disable_most_optimizations')

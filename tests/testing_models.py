@@ -3,7 +3,6 @@
 Shared test helpers: models whose deep layers are alive with random weights, and
 visualize.py (a script) loaded as a module."""
 
-import functools
 import importlib.util
 import os
 import pathlib
@@ -27,7 +26,7 @@ def alive_variables(model, seed=0, image_size=224):
                           jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32))
   leaves, tree = jax.tree_util.tree_flatten(shapes['params'])
 
-  @functools.partial(jax.jit, compiler_options=models.ONE_SHOT_CPU_OPTIONS)
+  @models.jit_once
   def draw_all(key):
     drawn = []
     for k, leaf in zip(jax.random.split(key, len(leaves)), leaves):

@@ -192,15 +192,21 @@ def activations(model: ConvNet, variables, images: Array,
 ONE_SHOT_CPU_OPTIONS = {'xla_backend_optimization_level': 0}
 
 
+def jit_once(fun: Callable) -> Callable:
+  """jax.jit for a program that runs once: on CPU, compiled with ONE_SHOT_CPU_OPTIONS."""
+  options = ONE_SHOT_CPU_OPTIONS if jax.default_backend() == 'cpu' else None
+  return jax.jit(fun, compiler_options=options)
+
+
 def init_params(model: ConvNet, seed: int, image_size: int):
   """Fresh parameters of `model` (its init) for (image_size, image_size, 3) images.
 
-  One compiled program, on CPU at XLA's lowest optimization level: it runs once, and an
-  eager `model.init` runs the forward pass op by op (a narrow ZFNet on a 2-core CPU: 8.9 s
-  eagerly, 1.4 s here). The values agree with an optimized compile's to about 1e-7."""
-  options = ONE_SHOT_CPU_OPTIONS if jax.default_backend() == 'cpu' else None
+  One compiled program, on CPU at XLA's lowest optimization level (jit_once): it runs
+  once, and an eager `model.init` runs the forward pass op by op (a narrow ZFNet on a
+  2-core CPU: 8.9 s eagerly, 1.4 s here). The values agree with an optimized compile's to
+  about 1e-7."""
   images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-  return jax.jit(model.init, compiler_options=options)(jax.random.key(seed), images)['params']
+  return jit_once(model.init)(jax.random.key(seed), images)['params']
 
 
 # ----------------------------------------------------------------------- from a config

@@ -121,7 +121,7 @@ def generate(config: Config = FULL, seed: int = 0) -> dict[str, np.ndarray]:
   """Every array of a reference file, 'metadata' included (see the module doc).
 
   The forward pass, the projections and the occlusion maps are one compiled program, on CPU
-  at XLA's lowest optimization level (models.ONE_SHOT_CPU_OPTIONS): it runs once."""
+  at XLA's lowest optimization level (models.jit_once): it runs once."""
   spec = config.spec()
   params = random_params(spec, config.image_size, seed)
   images = random_images(config.num_images, config.image_size, seed)
@@ -132,9 +132,7 @@ def generate(config: Config = FULL, seed: int = 0) -> dict[str, np.ndarray]:
     names[:] = arrays
     return list(arrays.values())
 
-  options = models.ONE_SHOT_CPU_OPTIONS if jax.default_backend() == 'cpu' else None
-  values = jax.jit(compute, compiler_options=options)(jax.tree.map(jnp.asarray, params),
-                                                      jnp.asarray(images))
+  values = models.jit_once(compute)(jax.tree.map(jnp.asarray, params), jnp.asarray(images))
   out = {f'params/{layer}/{kind}': value
          for layer, pair in params.items() for kind, value in pair.items()}
   out['images'] = images

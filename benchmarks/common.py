@@ -4,6 +4,9 @@
       seconds = timed(lambda: run())
     print_report(result, rows)   # one JSON line, then a Markdown table
 
+The peers run on `torch_device(args.torch_device)`: a GPU when torch sees one (timed with
+`torch_synchronized`), else the CPU.
+
 Memory figures are process RSS (resident set size, from /proc/self/statm): for JAX on CPU
 and for torch alike it counts what the allocators hold, buffers and caches included,
 not what each framework says it allocated. `MemorySampler` reports the high-water mark
@@ -76,14 +79,39 @@ def timed(fn: Callable[[], object], repeats: int = 1) -> float:
   return best
 
 
+def torch_device(choice: str = 'auto') -> str:
+  """The peers' torch device: 'cuda' when choice is 'auto' and torch sees a GPU, else choice."""
+  import torch  # pylint: disable=import-outside-toplevel
+  if choice == 'auto':
+    return 'cuda' if torch.cuda.is_available() else 'cpu'
+  return choice
+
+
+def torch_synchronized(fn: Callable[[], object], device: str) -> Callable[[], object]:
+  """fn, then a wait for the device's queued work (CUDA runs asynchronously)."""
+  import torch  # pylint: disable=import-outside-toplevel
+
+  def run():
+    out = fn()
+    if device.startswith('cuda'):
+      torch.cuda.synchronize()
+    return out
+  return run
+
+
 def environment() -> dict:
-  """Versions and machine, for the JSON record."""
+  """Versions and machine, for the JSON record (accelerators too, where there are any)."""
   info = {'python': platform.python_version(), 'machine': platform.machine(),
           'cpus': os.cpu_count(), 'cpu': _cpu_name()}
   for name in ('jax', 'torch', 'captum', 'flax'):
     module = sys.modules.get(name)
     if module is not None:
       info[name] = getattr(module, '__version__', '?')
+  if 'jax' in sys.modules:
+    info['jax_device'] = sys.modules['jax'].devices()[0].device_kind
+  torch = sys.modules.get('torch')
+  if torch is not None and torch.cuda.is_available():
+    info['torch_device'] = torch.cuda.get_device_name()
   info['tensorflow_imported'] = 'tensorflow' in sys.modules
   return info
 

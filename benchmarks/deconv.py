@@ -15,6 +15,8 @@ compile, run) is timed separately from the best of `--repeats` later calls.
 Captum: NeuronDeconvolution (rule deconvnet), NeuronGuidedBackprop (guided) or
 NeuronGradient (backprop) on `model.relu<i>` (the post-ReLU map), neuron selected at each
 image's own argmax. Captum runs one forward and one backward pass per call:
+Both run on the same device: Captum on `--torch_device` (by default a GPU when torch
+sees one; zfjax on JAX's default device, which is then the GPU too).
 'per_neuron' asks for one (image, channel) per call (a (c, y, x) tuple selector, Captum's
 usual use); 'batched' asks for one channel over all images per call (a callable selector
 picking each image's argmax). The argmax locations are found before timing (one forward
@@ -62,6 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--method', default='literal', choices=('literal', 'gradient'))
   parser.add_argument('--rule', default='deconvnet', choices=tz.RULES)
   parser.add_argument('--torch_threads', type=int, default=os.cpu_count())
+  parser.add_argument('--torch_device', default='auto',
+                      help="Captum's device: 'auto' (a GPU when torch sees one), cpu, cuda")
   parser.add_argument('--captum', default='both', choices=('both', 'batched', 'per_neuron',
                                                            'none'))
   parser.add_argument('--repeats', type=int, default=2, help='timed zfjax calls (best)')
@@ -87,7 +91,7 @@ def setup(args):
   norm_backward = 'identity' if args.rule == 'deconvnet' else 'true'
   torch_model = tz.load_flax_params(
       tz.TorchZFNet(1000, fc_features=(args.fc, args.fc), norm_backward=norm_backward),
-      params).eval()
+      params).eval().to(args.torch_device)
   for p in torch_model.parameters():
     p.requires_grad_(False)
   images = tz.random_images(args.images, seed=args.seed)
@@ -140,12 +144,13 @@ def matmul_gflops(size: int, repeats: int = 5) -> float:
 
 
 def bench_captum(args, torch_model, images, batch_images: bool) -> tuple[dict, np.ndarray]:
-  x = tz.to_nchw(images)
+  x = tz.to_nchw(images).to(args.torch_device)
   channels = list(range(args.channels))
   where = tz.channel_argmax(torch_model, x, args.layer, channels)
   result = {}
-  run = lambda: result.setdefault('out', tz.captum_projection(
-      torch_model, x, args.layer, channels, args.rule, batch_images=batch_images, where=where))
+  run = common.torch_synchronized(lambda: result.setdefault('out', tz.captum_projection(
+      torch_model, x, args.layer, channels, args.rule, batch_images=batch_images,
+      where=where)), args.torch_device)
   with warnings.catch_warnings():
     warnings.simplefilter('ignore')  # Captum warns about hooks on every call
     tz.captum_projection(torch_model, x[:1], args.layer, channels[:1], args.rule,
@@ -155,17 +160,19 @@ def bench_captum(args, torch_model, images, batch_images: bool) -> tuple[dict, n
   n = args.images * args.channels
   calls = args.channels if batch_images else n
   return {'total_s': seconds, 'ms_per_projection': 1e3 * seconds / n, 'calls': calls,
-          'peak_rss_delta_mb': memory.peak_delta_mb}, result['out'].numpy()
+          'peak_rss_delta_mb': memory.peak_delta_mb}, result['out'].cpu().numpy()
 
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
   torch.set_num_threads(args.torch_threads)
+  args.torch_device = common.torch_device(args.torch_device)
   model, variables, torch_model, images = setup(args)
   n = args.images * args.channels
   result = {'benchmark': 'deconv', 'layer': args.layer, 'rule': args.rule,
             'method': args.method, 'images': args.images, 'channels': args.channels,
             'projections': n, 'torch_threads': args.torch_threads,
+            'torch_device': args.torch_device,
             'jax_devices': str(jax.devices()), 'memory': 'process RSS, MiB'}
   flops = cone_flops(model.spec, args.layer)
   result['flops'] = {'cone_gflop_per_projection': sum(flops.values()) / 1e9,

@@ -18,7 +18,8 @@ are timed apart from the best of `--repeats` later calls.
 Captum: `Occlusion.attribute(sliding_window_shapes=(3, patch, patch), strides=(3, stride,
 stride), baselines=0, perturbations_per_eval=64)` on the same weights: one forward per
 position (plus one unoccluded), batched 64 at a time, under torch.no_grad; the best of
-`--repeats` calls after one, as for zfjax.
+`--repeats` calls after one, as for zfjax. It runs on `--torch_device`: by default a GPU
+when torch sees one (zfjax then runs on JAX's default device, the GPU too).
 Memory: process RSS (benchmarks/common.py), sampled in an untimed call of its own (the
 sampling thread polls every 2 ms and would take CPU time from the timed calls on a small
 machine). Imports no TensorFlow.
@@ -56,6 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                       "occlusion.sensitivity's")
   parser.add_argument('--perturbations_per_eval', type=int, default=64)
   parser.add_argument('--torch_threads', type=int, default=os.cpu_count())
+  parser.add_argument('--torch_device', default='auto',
+                      help="Captum's device: 'auto' (a GPU when torch sees one), cpu, cuda")
   parser.add_argument('--repeats', type=int, default=2)
   parser.add_argument('--skip_naive', action='store_true')
   parser.add_argument('--skip_captum', action='store_true')
@@ -94,11 +97,12 @@ def bench_zfjax(args, model, variables, image, label, **kwargs):
 def bench_captum(args, torch_model, image, label):
   from captum.attr import Occlusion  # pylint: disable=import-outside-toplevel
   x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)[None]))
-  occluder = Occlusion(torch_model)
-  run = lambda: occluder.attribute(
+  x = x.to(args.torch_device)
+  occluder = Occlusion(torch_model.to(args.torch_device))
+  run = common.torch_synchronized(lambda: occluder.attribute(
       x, sliding_window_shapes=(3, args.patch, args.patch),
       strides=(3, args.stride, args.stride), baselines=0, target=label,
-      perturbations_per_eval=args.perturbations_per_eval)
+      perturbations_per_eval=args.perturbations_per_eval), args.torch_device)
   with warnings.catch_warnings(), torch.no_grad():
     warnings.simplefilter('ignore')
     with common.MemorySampler() as memory:
@@ -110,6 +114,7 @@ def bench_captum(args, torch_model, image, label):
 def main(argv=None) -> dict:
   args = parse_args(argv)
   torch.set_num_threads(args.torch_threads)
+  args.torch_device = common.torch_device(args.torch_device)
   params = tz.random_flax_params(num_classes=1000, fc_features=(4096, 4096), seed=args.seed)
   model = models.ZFNet(num_classes=1000)
   variables = {'params': jax.tree.map(jnp.asarray, params)}
@@ -118,6 +123,7 @@ def main(argv=None) -> dict:
   side = occlusion.positions(224, args.patch, args.stride)
   result = {'benchmark': 'occlusion', 'patch': args.patch, 'stride': args.stride,
             'positions': side * side, 'label': label, 'torch_threads': args.torch_threads,
+            'torch_device': args.torch_device,
             'jax_devices': str(jax.devices()), 'memory': 'process RSS, MiB'}
   rows = []
 

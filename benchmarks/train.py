@@ -9,13 +9,16 @@ random data: forward in training mode (dropout 0.5 on fc6/fc7), softmax cross-en
 backward, SGD with momentum 0.9 and weight decay 5e-4, then the conv filters renormalized
 to RMS <= 0.1. zfjax: `zfjax.train.steps.make_train_step` (jit of shard_map over every device,
 the state donated). PyTorch: `tools/torch_zfnet.TorchZFNet`, `torch.optim.SGD`, eager (or
-`torch.compile` with --torch_compile), autocast to bfloat16 with --dtype bfloat16.
+`torch.compile` with --torch_compile; NHWC memory with --channels_last), autocast to
+bfloat16 with --dtype bfloat16. On a GPU both compute float32 products in TF32 (JAX's
+default there; torch is set to it).
 
 Figures: images/s and ms per step are the median over --steps timed steps after
 --warmup untimed ones (the first zfjax call compiles). `flops_per_step` is XLA's count for
 the compiled step (`jax.jit(...).lower(...).compile().cost_analysis()`, per device);
 with --peak_tflops (the device's peak for the dtype) `mfu` is flops_per_step over the step
-time and that peak. Imports no TensorFlow.
+time and that peak, for torch's step time too (the same model FLOPs). Imports no
+TensorFlow.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ def parse_args(argv=None):
                       help="the device's peak TFLOP/s for --dtype, for MFU")
   parser.add_argument('--torch', choices=('eager', 'none'), default='eager')
   parser.add_argument('--torch_compile', action='store_true', help='torch.compile the model')
+  parser.add_argument('--channels_last', action='store_true',
+                      help="torch's model and images in channels_last (NHWC) memory format")
   parser.add_argument('--torch_threads', type=int, default=None)
   parser.add_argument('--json', default=None, help='append the JSON line to this file')
   parser.add_argument('--profile', action='store_true',
@@ -120,13 +125,18 @@ def bench_torch(args) -> dict:
   if args.torch_threads:
     torch.set_num_threads(args.torch_threads)
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  # On a GPU, float32 products in TF32 on both sides: JAX's default there.
+  torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
   model = torch_zfnet.TorchZFNet(num_classes=args.num_classes,
                                  input_size=args.image_size).to(device).train()
+  layout = torch.channels_last if args.channels_last else torch.contiguous_format
+  model = model.to(memory_format=layout)
   optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9, weight_decay=5e-4)
   forward = torch.compile(model) if args.torch_compile else model
   convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
   images, labels = random_batch(args)
-  images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
+  images = torch.from_numpy(images).permute(0, 3, 1, 2).to(device)
+  images = images.contiguous(memory_format=layout)
   labels = torch.from_numpy(labels).long().to(device)
   autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=args.dtype == 'bfloat16')
 
@@ -147,7 +157,7 @@ def bench_torch(args) -> dict:
   first, seconds = median_step_seconds(step, args.steps, args.warmup)
   return {'images_per_sec': args.batch_size / seconds, 'ms_per_step': 1e3 * seconds,
           'first_step_s': first, 'device': device, 'threads': torch.get_num_threads(),
-          'compiled': args.torch_compile}
+          'compiled': args.torch_compile, 'channels_last': args.channels_last}
 
 
 def layer_profile(args) -> list[dict]:
@@ -233,9 +243,13 @@ def main(argv=None):
     result['torch'] = bench_torch(args)
     result['zfjax_over_torch'] = (result['zfjax']['images_per_sec'] /
                                   result['torch']['images_per_sec'])
+    if args.peak_tflops:  # the same model FLOPs (XLA's count) over torch's step time
+      result['torch']['mfu'] = (result['zfjax']['flops_per_step'] * result['torch'][
+          'images_per_sec'] / args.batch_size / (args.peak_tflops * 1e12))
     name = 'torch compile' if args.torch_compile else 'torch eager'
+    name += ', channels_last' if args.channels_last else ''
     rows.append((name, result['torch']['images_per_sec'], result['torch']['ms_per_step'],
-                 result['torch']['first_step_s'], ''))
+                 result['torch']['first_step_s'], result['torch'].get('mfu', '')))
   if args.profile:
     result['layers'] = layer_profile(args)
   result['environment'] = common.environment()

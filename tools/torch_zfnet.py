@@ -443,7 +443,7 @@ def channel_argmax(model: TorchZFNet, images: torch.Tensor, layer: str,
   channels = list(channels)
   width = x.shape[-1]
   where = torch.argmax(x[:, channels].reshape(x.shape[0], len(channels), -1), dim=2)
-  return torch.stack([where // width, where % width], dim=-1).numpy()
+  return torch.stack([where // width, where % width], dim=-1).cpu().numpy()
 
 
 CAPTUM_METHODS = {'deconvnet': 'NeuronDeconvolution', 'guided': 'NeuronGuidedBackprop',
@@ -459,7 +459,8 @@ def captum_projection(model: TorchZFNet, images: torch.Tensor, layer: str,
   NeuronGradient on the post-ReLU map (`model.relu<i>`), rescaled by the activation
   (Captum seeds with 1). One backward pass per (image, channel), or with `batch_images`
   one per channel over all images (a callable neuron selector picks each image's own
-  argmax). `where`: precomputed (N, K, 2) argmax locations (`channel_argmax`).
+  argmax). `where`: precomputed (N, K, 2) argmax locations (`channel_argmax`). Runs on
+  the device of `images` (the model's), and returns there.
 
   Captum only modifies ReLUs: its deconvolution equals `literal_deconvnet` when the model
   was built with norm_backward='identity'; guided and backprop need norm_backward='true'."""
@@ -467,10 +468,11 @@ def captum_projection(model: TorchZFNet, images: torch.Tensor, layer: str,
   method = getattr(captum.attr, CAPTUM_METHODS[rule])(model, getattr(model, 'relu' + layer[4:]))
   if where is None:
     where = channel_argmax(model, images, layer, channels)
-  where = torch.as_tensor(where)
+  spots = np.asarray(where.cpu() if isinstance(where, torch.Tensor) else where)
+  where = torch.as_tensor(spots, device=images.device)
   values = _activation_values(model, images, layer, channels, where)
-  out = torch.zeros(images.shape[0], len(channels), *images.shape[1:])
-  rows = torch.arange(images.shape[0])
+  out = torch.zeros(images.shape[0], len(channels), *images.shape[1:], device=images.device)
+  rows = torch.arange(images.shape[0], device=images.device)
   for k, c in enumerate(channels):
     if batch_images:
       ys, xs = where[:, k, 0], where[:, k, 1]
@@ -478,7 +480,7 @@ def captum_projection(model: TorchZFNet, images: torch.Tensor, layer: str,
       out[:, k] = method.attribute(images, select)
     else:
       for n in range(images.shape[0]):
-        y, x = (int(v) for v in where[n, k])
+        y, x = (int(v) for v in spots[n, k])
         out[n, k] = method.attribute(images[n:n + 1], (c, y, x))[0]
   return out * values[:, :, None, None, None]
 
@@ -489,5 +491,6 @@ def _activation_values(model, images, layer, channels, where) -> torch.Tensor:
     x = images
     for name in model.order[:model.order.index(layer) + 1]:
       x = model.layer(name)(x)
-  n = torch.arange(images.shape[0])[:, None]
-  return x[n, torch.as_tensor(list(channels))[None], where[..., 0], where[..., 1]]
+  n = torch.arange(images.shape[0], device=x.device)[:, None]
+  channels = torch.as_tensor(list(channels), device=x.device)[None]
+  return x[n, channels, where[..., 0], where[..., 1]]

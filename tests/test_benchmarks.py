@@ -1,0 +1,60 @@
+"""benchmarks/gpu.py, the prepared run for a lent GPU machine, works before one is lent.
+
+The GPU machine gives a session a few minutes, once in a while: its one call must not be
+spent on a broken script. The full tier runs the whole script here on the CPU (--quick:
+the same steps and scripts at small sizes, torch eager) and reads its tables.
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / 'benchmarks'))
+
+import gpu  # noqa: E402  (benchmarks/gpu.py)
+
+
+def test_peaks_follow_the_device_name_and_dtype():
+  assert gpu.peak_tflops('NVIDIA H100 80GB HBM3', 'bfloat16') == 989.4
+  assert gpu.peak_tflops('NVIDIA H100 80GB HBM3', 'float32') == 494.7  # TF32
+  assert gpu.peak_tflops('NVIDIA H100 PCIe', 'bfloat16') == 756.0
+  assert gpu.peak_tflops('NVIDIA H200', 'float32') == 494.7
+  assert gpu.peak_tflops('', 'bfloat16') is None
+  assert gpu.peak_tflops('Tesla T4', 'float32') is None
+
+
+def test_the_gpu_run_times_every_figure_the_issue_asks_for():
+  """Batch 256 and 128, bfloat16 and float32, against torch.compile in channels_last."""
+  steps = gpu.steps(quick=False, gpu='NVIDIA H100 80GB HBM3')
+  names = [name for name, _, _ in steps]
+  assert names == ['environment', 'train batch 256 bfloat16', 'train batch 256 float32',
+                   'train batch 128 bfloat16', 'train batch 128 float32', 'deconv',
+                   'occlusion']
+  for name, command, _ in steps[1:5]:
+    assert {'--torch_compile', '--channels_last', '--peak_tflops'} <= set(command), name
+  assert sum(limit for _, _, limit in steps) <= 1000
+
+
+@pytest.mark.slow
+def test_quick_run_on_the_cpu_writes_every_table(tmp_path):
+  result = subprocess.run([sys.executable, str(REPO / 'benchmarks' / 'gpu.py'), '--quick',
+                           '--out', str(tmp_path)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=900, check=False)
+  log = (tmp_path / 'gpu.log').read_text() if (tmp_path / 'gpu.log').exists() else ''
+  assert result.returncode == 0, result.stdout[-3000:] + log[-5000:]
+  lines = [json.loads(line) for line in (tmp_path / 'gpu.jsonl').read_text().splitlines()]
+  assert [line['benchmark'] for line in lines] == ['train_step', 'train_step', 'deconv',
+                                                   'occlusion']
+  assert {line['dtype'] for line in lines[:2]} == {'bfloat16', 'float32'}
+  assert all(line['zfjax']['images_per_sec'] > 0 and line['torch']['images_per_sec'] > 0
+             for line in lines[:2])
+  assert lines[2]['captum_per_neuron']['max_rel_error_vs_zfjax'] < 1e-4
+  assert lines[3]['zfjax_default']['max_prob_error'] < 1e-4
+  table = (tmp_path / 'gpu.md').read_text()
+  for heading in ('zfjax images/s', 'Deconvnet, 8 conv5 projections', 'Occlusion, 49 positions',
+                  'captum 0.', '| environment | ok |', '| occlusion | ok |'):
+    assert heading in table, table

@@ -15,14 +15,14 @@ compile, run) is timed separately from the best of `--repeats` later calls.
 Captum: NeuronDeconvolution (rule deconvnet), NeuronGuidedBackprop (guided) or
 NeuronGradient (backprop) on `model.relu<i>` (the post-ReLU map), neuron selected at each
 image's own argmax. Captum runs one forward and one backward pass per call:
-Both run on the same device: Captum on `--torch_device` (by default a GPU when torch
-sees one; zfjax on JAX's default device, which is then the GPU too).
 'per_neuron' asks for one (image, channel) per call (a (c, y, x) tuple selector, Captum's
 usual use); 'batched' asks for one channel over all images per call (a callable selector
 picking each image's argmax). The argmax locations are found before timing (one forward
 pass, not charged to Captum). For rule deconvnet the torch model's normalization has an
 identity backward (Captum hooks only ReLUs; the paper's deconvnet passes normalization
 through), so both sides compute the same numbers and the script reports their agreement.
+Both run on the same device: Captum on `--torch_device` (by default a GPU when torch sees
+one), zfjax on JAX's default device (then the GPU too).
 
 FLOPs: the transposed convolutions of one projection's cone (`cone_flops`: for each conv
 layer in it, 2 x window cells x output channels x k x k x input channels; 0.47 GFLOP from

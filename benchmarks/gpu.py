@@ -24,8 +24,8 @@ would not fit in what is left of --budget_s is skipped. In order of priority:
 Writes OUT/gpu.jsonl (each script's JSON line), OUT/gpu.log (everything printed) and
 OUT/gpu.md (the tables for benchmarks/RESULTS.md; also printed at the end). JAX takes
 XLA_PYTHON_CLIENT_MEM_FRACTION of the GPU's memory (0.45), so torch has the rest in the
-same process. --quick: small sizes, torch eager, a few seconds a step; it runs on a CPU,
-so the whole path is tested without a GPU (tests/test_benchmarks.py).
+same process. --quick: small sizes and torch eager, about 140 s in all on a 2-core CPU,
+so the whole path is tested without a GPU (tests/test_benchmarks.py, full tier).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def parse_args(argv=None):
   parser.add_argument('--budget_s', type=float, default=480,
                       help='all steps together; a step that would not fit is skipped')
   parser.add_argument('--quick', action='store_true',
-                      help='tiny sizes and torch eager: the whole path in a few minutes on a CPU')
+                      help='tiny sizes and torch eager: the whole path, on a CPU too')
   parser.add_argument('--fetch_wheels', action='store_true',
                       help=f'download {", ".join(WHEELS)} (py3 wheels) into .whl/ and stop')
   return parser.parse_args(argv)

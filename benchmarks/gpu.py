@@ -13,13 +13,14 @@ The steps, each the benchmark script of its own in a subprocess with its own tim
 would not fit in what is left of --budget_s is skipped. In order of priority:
 
 1. `environment`: nvidia-smi, the jax and torch versions and devices.
-2. `train`: the ZFNet train step at 224x224 (benchmarks/train.py), batch 256 and 128,
-   bfloat16 and float32, against torch.compile in channels_last on the same GPU; images/s
-   and MFU against the device's dense peak (PEAK_TFLOPS: bfloat16, or TF32 for float32,
-   which is how JAX computes float32 products on the GPU by default; torch is set to TF32
-   for its float32 products too).
+2. `train batch 256 bfloat16`: the ZFNet train step at 224x224 (benchmarks/train.py)
+   against torch.compile in channels_last on the same GPU; images/s and MFU against the
+   device's dense peak (PEAK_TFLOPS: bfloat16, or TF32 for float32, which is how JAX
+   computes float32 products on the GPU by default; torch is set to TF32 for its float32
+   products too).
 3. `deconv`: 16 images x 64 conv5 channels (benchmarks/deconv.py), Captum on the same GPU.
 4. `occlusion`: 625 positions (benchmarks/occlusion.py), Captum on the same GPU.
+5. The other training configurations: batch 256 float32, batch 128 bfloat16 and float32.
 
 Writes OUT/gpu.jsonl (each script's JSON line), OUT/gpu.log (everything printed) and
 OUT/gpu.md (the tables for benchmarks/RESULTS.md; also printed at the end). JAX takes
@@ -86,7 +87,7 @@ def steps(quick: bool, gpu: str) -> list[tuple[str, list[str], float]]:
       'import json, jax, torch; print(json.dumps({"jax": jax.__version__, '
       '"jax_devices": [d.device_kind for d in jax.devices()], "torch": torch.__version__, '
       '"cuda": torch.cuda.is_available() and torch.cuda.get_device_name()}))')]
-  out = [('environment', env_check, 120)]
+  trains = []
   for batch in ((4,) if quick else (256, 128)):
     for dtype in ('bfloat16', 'float32'):
       command = bench('train.py') + ['--batch_size', str(batch), '--dtype', dtype]
@@ -94,13 +95,15 @@ def steps(quick: bool, gpu: str) -> list[tuple[str, list[str], float]]:
           '--steps', '20', '--warmup', '3', '--torch_compile', '--channels_last']
       peak = peak_tflops(gpu, dtype)
       command += ['--peak_tflops', str(peak)] if peak else []
-      out.append((f'train batch {batch} {dtype}', command, 300 if quick else 150))
-  out.append(('deconv', bench('deconv.py') + (
+      trains.append((f'train batch {batch} {dtype}', command, 300 if quick else 150))
+  deconv = ('deconv', bench('deconv.py') + (
       ['--quick'] if quick else ['--images', '16', '--channels', '64', '--matmul', '8192',
-                                 '--repeats', '5']), 300 if quick else 120))
-  out.append(('occlusion', bench('occlusion.py') + ['--thresholds', '', '--skip_naive'] + (
-      ['--quick'] if quick else ['--repeats', '5']), 300 if quick else 150))
-  return out
+                                 '--repeats', '5']), 300 if quick else 120)
+  occlusion = ('occlusion', bench('occlusion.py') + ['--thresholds', '', '--skip_naive'] + (
+      ['--quick'] if quick else ['--repeats', '5']), 300 if quick else 150)
+  # Each benchmark once before the other training configurations (torch.compile takes a
+  # minute each), so that a short budget still leaves a figure of every kind.
+  return [('environment', env_check, 120), trains[0], deconv, occlusion, *trains[1:]]
 
 
 def run_steps(args, gpu: str) -> list[dict]:

@@ -31,11 +31,12 @@ def test_the_gpu_run_times_every_figure_the_issue_asks_for():
   """Batch 256 and 128, bfloat16 and float32, against torch.compile in channels_last."""
   steps = gpu.steps(quick=False, gpu='NVIDIA H100 80GB HBM3')
   names = [name for name, _, _ in steps]
-  assert names == ['environment', 'train batch 256 bfloat16', 'train batch 256 float32',
-                   'train batch 128 bfloat16', 'train batch 128 float32', 'deconv',
-                   'occlusion']
-  for name, command, _ in steps[1:5]:
-    assert {'--torch_compile', '--channels_last', '--peak_tflops'} <= set(command), name
+  assert names == ['environment', 'train batch 256 bfloat16', 'deconv', 'occlusion',
+                   'train batch 256 float32', 'train batch 128 bfloat16',
+                   'train batch 128 float32']
+  for name, command, _ in steps:
+    if name.startswith('train'):
+      assert {'--torch_compile', '--channels_last', '--peak_tflops'} <= set(command), name
   assert sum(limit for _, _, limit in steps) <= 1000
 
 
@@ -47,13 +48,14 @@ def test_quick_run_on_the_cpu_writes_every_table(tmp_path):
   log = (tmp_path / 'gpu.log').read_text() if (tmp_path / 'gpu.log').exists() else ''
   assert result.returncode == 0, result.stdout[-3000:] + log[-5000:]
   lines = [json.loads(line) for line in (tmp_path / 'gpu.jsonl').read_text().splitlines()]
-  assert [line['benchmark'] for line in lines] == ['train_step', 'train_step', 'deconv',
-                                                   'occlusion']
-  assert {line['dtype'] for line in lines[:2]} == {'bfloat16', 'float32'}
+  assert [line['benchmark'] for line in lines] == ['train_step', 'deconv', 'occlusion',
+                                                   'train_step']
+  train = [line for line in lines if line['benchmark'] == 'train_step']
+  assert {line['dtype'] for line in train} == {'bfloat16', 'float32'}
   assert all(line['zfjax']['images_per_sec'] > 0 and line['torch']['images_per_sec'] > 0
-             for line in lines[:2])
-  assert lines[2]['captum_per_neuron']['max_rel_error_vs_zfjax'] < 1e-4
-  assert lines[3]['zfjax_default']['max_prob_error'] < 1e-4
+             for line in train)
+  assert lines[1]['captum_per_neuron']['max_rel_error_vs_zfjax'] < 1e-4
+  assert lines[2]['zfjax_default']['max_prob_error'] < 1e-4
   table = (tmp_path / 'gpu.md').read_text()
   for heading in ('zfjax images/s', 'Deconvnet, 8 conv5 projections', 'Occlusion, 49 positions',
                   'captum 0.', '| environment | ok |', '| occlusion | ok |'):

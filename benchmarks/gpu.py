@@ -41,6 +41,9 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'benchmarks'))
+
+from common import markdown_table as table  # pylint: disable=wrong-import-position
 
 # Dense peaks in TFLOP/s, (bfloat16, TF32), by a part of the device name (first match).
 PEAK_TFLOPS = (('H200', (989.4, 494.7)), ('H100 PCIe', (756.0, 378.0)),
@@ -138,10 +141,6 @@ def run_steps(args, gpu: str) -> list[dict]:
 
 def summary(lines: list[dict], report: list[dict], gpu: str) -> str:
   """The Markdown for benchmarks/RESULTS.md: one table per benchmark, then the steps."""
-  cell = lambda v: f'{v:.4g}' if isinstance(v, float) else str(v)
-  table = lambda header, rows: '\n'.join(
-      ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-      + ['| ' + ' | '.join(cell(v) for v in row) + ' |' for row in rows])
   env = {}  # the scripts' environments together (only deconv.py and occlusion.py load captum)
   for line in lines:
     env.update(line.get('environment', {}))

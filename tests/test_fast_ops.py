@@ -146,6 +146,70 @@ def test_conv_other_calls_go_to_lax_unchanged():
     assert 'custom_jvp' not in jaxpr and 'platform_index' not in jaxpr
 
 
+# ---------------------------------------------------------------------------- Winograd
+
+WINOGRAD_CONVS = [  # (height, width, in, out, kernel, stride, padding): ceil(k / s) = 3
+    (13, 13, 6, 8, 3, 1, ((1, 1), (1, 1))),    # conv3..conv5: 13 outputs, a part-filled tile
+    (27, 28, 6, 8, 5, 2, ((0, 0), (0, 0))),    # ZFNet's conv2
+    (47, 45, 3, 8, 11, 4, ((2, 2), (2, 2))),   # AlexNet's conv1
+    (12, 11, 5, 4, 6, 2, ((0, 1), (1, 0))),    # uneven padding, a kernel of three whole strides
+]
+
+
+@pytest.mark.parametrize('m', [2, 3, 4])
+def test_winograd_matrices_are_minimal_filtering(m):
+  """y = A^T [(G g) * (B^T d)] is the valid correlation of m + 2 inputs with 3 taps."""
+  a_t, g, b_t = fast_ops.winograd_matrices(m)
+  assert a_t.shape == (m, m + 2) and g.shape == (m + 2, 3) and b_t.shape == (m + 2, m + 2)
+  rng = np.random.default_rng(m)
+  for _ in range(5):
+    d, taps = rng.normal(size=m + 2), rng.normal(size=3)
+    np.testing.assert_allclose(a_t @ ((g @ taps) * (b_t @ d)), np.correlate(d, taps, 'valid'),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('height,width,cin,cout,kernel,stride,padding', WINOGRAD_CONVS)
+def test_winograd_equals_lax_for_every_tile_size(height, width, cin, cout, kernel, stride,
+                                                 padding):
+  x = jax.random.normal(jax.random.key(0), (3, height, width, cin))
+  k = jax.random.normal(jax.random.key(1), (kernel, kernel, cin, cout))
+  expected = lax.conv_general_dilated(x, k, (stride,) * 2, padding, dimension_numbers=NHWC,
+                                      precision=lax.Precision.HIGHEST)
+  for m in (2, 3, 4):  # measured: about 3e-7, 9e-7 and 2.5e-6
+    got = jax.jit(fast_ops.winograd, static_argnums=(2, 3, 4, 5))(x, k, stride, padding,
+                                                                  None, m)
+    assert got.shape == expected.shape
+    assert relative_error(got, expected) < 2e-6 * m, m
+  with pytest.raises(ValueError, match=r'ceil\(kernel / stride\) = 3, got a 4x4 kernel'):
+    fast_ops.winograd(x, jnp.zeros((4, 4, cin, cout)), 2, padding)
+
+
+@pytest.mark.parametrize('height,width,cin,cout,kernel,stride,padding', WINOGRAD_CONVS)
+def test_large_float32_maps_go_by_winograd_with_the_same_gradients(height, width, cin, cout,
+                                                                   kernel, stride, padding):
+  """conv_general_dilated on a CPU: Winograd where ceil(k / s) = 3 on large float32 maps."""
+  x = jax.random.normal(jax.random.key(0), (2, height, width, cin))
+  k = jax.random.normal(jax.random.key(1), (kernel, kernel, cin, cout))
+  plain = lambda x, k: lax.conv_general_dilated(x, k, (stride,) * 2, padding,
+                                                dimension_numbers=NHWC)
+  fast = lambda x, k: fast_ops.conv_general_dilated(x, k, (stride,) * 2, padding,
+                                                    dimension_numbers=NHWC)
+  value_and_grads = jax.jit(lambda x, k, g, f: (lambda y, vjp: (y, *vjp(g)))(*jax.vjp(f, x, k)),
+                            static_argnums=3)
+  g = jax.random.normal(jax.random.key(2), plain(x, k).shape)
+  expected = value_and_grads(x, k, g, plain)
+  with mock.patch.object(fast_ops, 'winograd', wraps=fast_ops.winograd) as winograd:
+    jax.make_jaxpr(fast)(x, k)  # these maps are small: lax's convolution
+    assert not winograd.called
+    with mock.patch.object(fast_ops, 'LARGE_PATCH_BYTES', 0):  # these small maps too
+      jax.make_jaxpr(fast)(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16))
+      assert not winograd.called  # float32 only
+      got = value_and_grads(x, k, g, fast)
+      assert winograd.called
+  for got_array, expected_array in zip(got, expected):
+    assert relative_error(got_array, expected_array) < 1e-5
+
+
 @pytest.mark.slow  # the full tier (float32 is the default everywhere)
 def test_bfloat16_runs_and_stays_close():
   x = jax.random.normal(jax.random.key(0), (2, 23, 23, 6)).astype(jnp.bfloat16)

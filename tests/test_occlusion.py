@@ -148,18 +148,6 @@ def test_border_groups_cover_every_change():
       assert (at[..., axis] <= first).all() and (first + exact <= at[..., axis] + computed).all()
 
 
-@pytest.mark.parametrize('m', [2, 3, 4])
-def test_winograd_matrices_are_minimal_filtering(m):
-  """y = A^T [(G g) * (B^T d)] is the valid correlation of m + 2 inputs with 3 taps."""
-  a_t, g, b_t = occlusion._winograd_matrices(m)
-  assert a_t.shape == (m, m + 2) and g.shape == (m + 2, 3) and b_t.shape == (m + 2, m + 2)
-  rng = np.random.default_rng(m)
-  for _ in range(5):
-    d, taps = rng.normal(size=m + 2), rng.normal(size=3)
-    np.testing.assert_allclose(a_t @ ((g @ taps) * (b_t @ d)), np.correlate(d, taps, 'valid'),
-                               rtol=1e-12, atol=1e-12)
-
-
 def test_maps_mean_what_the_paper_says(setup, maps):
   model, variables, image = setup
   out = maps(**SHARED)

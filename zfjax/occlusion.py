@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import math
-from fractions import Fraction
 from typing import NamedTuple
 
 import jax
@@ -21,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from zfjax import architecture, deconv, invariance, models
+from zfjax import architecture, deconv, fast_ops, invariance, models
 from zfjax.architecture import AvgPool, Conv, Dense, Norm, Pool
 
 Array = jax.Array
@@ -368,7 +367,8 @@ def _group_params(params, plan, kernels):
     if step.tile:
       name, key = step.record.name, (step.record.name, step.tile)
       if key not in kernels:
-        kernels[key] = _winograd_kernel(params[name]['kernel'], step.tile, step.record.stride)
+        kernels[key] = fast_ops.winograd_kernel(params[name]['kernel'], step.tile,
+                                                  step.record.stride)
       params[name] = dict(params[name], kernel=kernels[key])
   return params
 
@@ -383,7 +383,7 @@ def _incremental(model, params, cache, plan, windows, *, fill, patch, layer, cha
       values = model.normalize(values[None], record)[0]
       continue
     k, s, p = _kernel_stride_pad(record)
-    # Winograd reads the region of its kernel zero-padded to 3s taps (_winograd_conv).
+    # Winograd reads the region of its kernel zero-padded to 3s taps (fast_ops.winograd_conv).
     region = _merged_region(cache[step.input_name], values, window, step,
                             3 * s if step.tile else k, s, p)
     values = _layer_valid(model, step, params, region)
@@ -436,7 +436,7 @@ def _layer_valid(model, step, params, region):
   if isinstance(record, Conv):
     kernel = params[record.name]['kernel']
     if step.tile:
-      conv = _winograd_conv(region, kernel, step.tile, record.stride)
+      conv = fast_ops.winograd_conv(region, kernel, step.tile, record.stride)
     elif region.shape[-1] < 8:  # conv1: im2col would copy 3 floats at a time
       conv = lax.conv_general_dilated(region[None], kernel, (record.stride,) * 2, 'VALID',
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))[0]
@@ -464,86 +464,6 @@ def _conv_as_matmul(region, kernel, stride):
       [region[dy:dy + (out_h - 1) * stride + 1:stride, dx:dx + (out_w - 1) * stride + 1:stride]
        for dy in range(k) for dx in range(k)], axis=-1)
   return patches @ kernel.reshape(-1, kernel.shape[-1])
-
-
-def _winograd_matrices(m: int, r: int = 3):
-  """Toom-Cook matrices of Winograd's F(m, r) for correlation.
-
-  Toom-Cook matrices A^T (m, n), G (n, r), B^T (n, n), n = m + r - 1, of Winograd's
-  F(m, r) for correlation, y = A^T [(G g) * (B^T d)], from the points 0, 1, -1, 2, -2
-  (as many as needed) and infinity; exact rationals, as float64."""
-  points = [Fraction(p) for p in (0, 1, -1, 2, -2)[:m + r - 2]]
-  n = m + r - 1
-
-  def poly(roots):  # coefficients of prod (x - root), lowest power first, n of them
-    coefficients = [Fraction(1)]
-    for root in roots:
-      coefficients = [Fraction(0)] + coefficients
-      for i in range(len(coefficients) - 1):
-        coefficients[i] -= root * coefficients[i + 1]
-    return coefficients + [Fraction(0)] * (n - len(coefficients))
-
-  others = [[q for q in points if q != p] for p in points]
-  a_t = [[p ** i for p in points] + [Fraction(i == m - 1)] for i in range(m)]
-  g = [[p ** k / math.prod(p - q for q in rest) for k in range(r)]
-       for p, rest in zip(points, others)] + [[Fraction(k == r - 1) for k in range(r)]]
-  b_t = [poly(rest) for rest in others] + [poly(points)]
-  return tuple(np.array(x, np.float64) for x in (a_t, g, b_t))
-
-
-def _winograd_kernel(kernel, m, stride):
-  """A strided kernel as Winograd's G g G^T of its space-to-depth form.
-
-  A (k, k, C, D) kernel of a stride-s convolution with ceil(k / s) = 3, as Winograd's
-  G g G^T of its space-to-depth form (a 3x3 kernel over s*s*C channels; taps beyond k
-  are zero): ((m + 2)^2, s*s*C, D)."""
-  k, _, c, d = kernel.shape
-  kernel = jnp.pad(kernel, ((0, 3 * stride - k), (0, 3 * stride - k), (0, 0), (0, 0)))
-  kernel = kernel.reshape(3, stride, 3, stride, c, d).transpose(0, 2, 1, 3, 4, 5)
-  g = _winograd_matrices(m)[1]
-  # One (n^2, 9) @ (9, s*s*C*D) matmul: G g G^T for every channel pair, in the layout
-  # the products read (an einsum over both kernel axes measured about 5x slower).
-  transformed = jnp.asarray(np.kron(g, g), kernel.dtype) @ kernel.reshape(9, -1)
-  return transformed.reshape((m + 2) ** 2, -1, d)
-
-
-def _winograd_conv(region, transformed_kernel, m, stride):
-  """A VALID strided convolution of a tiled region by Winograd F(m x m, 3 x 3).
-
-  VALID stride-s convolution, with the kernel zero-padded to 3s taps, of one
-  ((w + 2) * s, ..., C) region whose w outputs per axis are whole m x m tiles, by
-  F(m x m, 3 x 3) on the region's space-to-depth form: the tiles' Kronecker-transformed
-  inputs times the transformed kernel, one matmul per tile element (batched), then the
-  inverse transform."""
-  a_t, _, b_t = _winograd_matrices(m)
-  n = m + 2
-  rows, cols = region.shape[0] // stride, region.shape[1] // stride
-  tiles_h, tiles_w = (rows - 2) // m, (cols - 2) // m
-  if stride > 1:
-    region = region.reshape(rows, stride, cols, stride, -1)
-    region = region.transpose(0, 2, 1, 3, 4).reshape(rows, cols, -1)
-  # B^T d B for every tile, separably (rows, then columns): B^T's entries are small
-  # integers, so each transformed row is a few adds of strided slices of the region. Two
-  # passes without a matmul; stacking the n^2 tile slices and multiplying by B^T (x) B^T
-  # measured about 2x slower, and whole calls 10% slower (benchmarks/RESULTS.md).
-  rows_done = jnp.stack([_combine_slices(region, b_t[i], 0, m, tiles_h) for i in range(n)])
-  inputs = jnp.stack([_combine_slices(rows_done, b_t[j], 2, m, tiles_w) for j in range(n)], 1)
-  inputs = inputs.reshape(n * n, tiles_h, tiles_w, -1)                # (n*n, th, tw, C)
-  products = jnp.einsum('pxyc,pcd->pxyd', inputs, transformed_kernel)
-  outputs = jnp.einsum('sp,pxyd->sxyd', jnp.asarray(np.kron(a_t, a_t), region.dtype),
-                       products).reshape(m, m, tiles_h, tiles_w, -1)
-  return outputs.transpose(2, 0, 3, 1, 4).reshape(tiles_h * m, tiles_w * m, -1)
-
-
-def _combine_slices(x, coefficients, axis, m, tiles):
-  """sum_q coefficients[q] * x[q + m * t] along `axis`, for t < tiles (zeros skipped)."""
-  total = None
-  for q, c in enumerate(coefficients):
-    if c:
-      term = lax.slice_in_dim(x, q, q + (tiles - 1) * m + 1, m, axis)
-      term = term if c == 1 else float(c) * term
-      total = term if total is None else total + term
-  return total
 
 
 def _write(full, values, start):

@@ -5,6 +5,7 @@ spent on a broken script. The full tier runs the whole script here on the CPU (-
 the same steps and scripts at small sizes, torch eager) and reads its tables.
 """
 
+import importlib.util
 import json
 import pathlib
 import subprocess
@@ -16,6 +17,25 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / 'benchmarks'))
 
 import gpu  # noqa: E402  (benchmarks/gpu.py)
+from zfjax import architecture  # noqa: E402
+
+
+def _benchmark(name: str):
+  """benchmarks/<name>.py as a module (its names may clash with the repository root's)."""
+  spec = importlib.util.spec_from_file_location(f'benchmarks_{name}',
+                                                REPO / 'benchmarks' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_mfu_counts_the_models_flops_not_the_algorithms():
+  """ZFNet's multiply-adds from the paper's Fig. 3 shapes, written out by hand."""
+  forward = (110 * 110 * 96 * 7 * 7 * 3 + 26 * 26 * 256 * 5 * 5 * 96
+             + 13 * 13 * 384 * 3 * 3 * 256 + 13 * 13 * 384 * 3 * 3 * 384
+             + 13 * 13 * 256 * 3 * 3 * 384 + 6 * 6 * 256 * 4096 + 4096 * 4096 + 4096 * 1000)
+  flops = _benchmark('train').model_flops_per_step(architecture.zfnet(1000), 224, 32)
+  assert flops == 3 * 2 * 32 * forward
 
 
 def test_peaks_follow_the_device_name_and_dtype():

@@ -173,7 +173,7 @@ def cpu_conv(x: Array, kernel: Array, stride: int, padding, precision=None) -> A
   LARGE_PATCH_BYTES of patches an image): ZFNet's conv2..conv5, AlexNet's conv1 and
   conv3..conv5. It does 1.6-2.25x fewer multiply-adds than the patches' matrix
   products, at the same rounding (on 2 CPU cores, ZFNet's training step at batch 32
-  went 1.15x faster; benchmarks/RESULTS.md)."""
+  went 1.10-1.15x faster, on two hosts; benchmarks/RESULTS.md)."""
   kh, kw, channels, _ = kernel.shape
   out_h = (x.shape[1] + sum(padding[0]) - kh) // stride + 1
   out_w = (x.shape[2] + sum(padding[1]) - kw) // stride + 1

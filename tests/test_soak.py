@@ -18,12 +18,24 @@ STEPS = ('--config.num_train_steps=2000', '--config.eval_every_steps=500',
          '--config.checkpoint_every_steps=10', '--config.log_every_steps=10',
          '--config.keep_checkpoints=2')
 KILLS = 20
+# A start is killed by the time it has logged this many records (10 steps each), however
+# fast the host: 20 starts then cover at most about 1,000 of the 2,000 steps, so the run
+# cannot finish before the 20th kill (on a fast host, timed kills alone let it finish
+# after 16).
+MOST_RECORDS_A_START = 5
 
 
 def records(workdir) -> int:
   """Whole lines in metrics.jsonl (a line being written does not count)."""
   path = workdir / 'metrics.jsonl'
   return path.read_text().count('\n') if path.exists() else 0
+
+
+def wait(run, workdir, seconds: float, records_at_most: int) -> None:
+  """Sleep up to `seconds`, less once `records_at_most` are logged or the run ended."""
+  deadline = time.time() + seconds
+  while time.time() < deadline and records(workdir) < records_at_most and run.poll() is None:
+    time.sleep(0.02)
 
 
 @pytest.mark.slow
@@ -45,12 +57,10 @@ def test_twenty_random_sigkills_then_the_same_final_state(tmp_path):
       if 'small_zfnet on digits' in line:
         break
     if kills % 2:  # every other kill once steps are being logged: stepping or saving
-      deadline = time.time() + 120
-      while records(workdir) <= logged and time.time() < deadline and run.poll() is None:
-        time.sleep(0.05)
-      time.sleep(rng.uniform(0.0, 1.5))
+      wait(run, workdir, 120, logged + 1)
+      wait(run, workdir, rng.uniform(0.0, 1.5), logged + MOST_RECORDS_A_START)
     else:  # the others at any moment from here: compiling, first steps, first saves
-      time.sleep(rng.uniform(0.0, 4.0))
+      wait(run, workdir, rng.uniform(0.0, 4.0), logged + MOST_RECORDS_A_START)
     if run.poll() is None:
       run.kill()
       kills += 1

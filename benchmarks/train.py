@@ -18,7 +18,7 @@ Figures: images/s and ms per step are the median over --steps timed steps after
 FLOPs (`model_flops_per_step`: three times the forward pass's convolutions and matrix
 products, 2 FLOPs a multiply-add), the same whatever algorithm computes them;
 `xla_flops_per_step` is XLA's count for the compiled step (`cost_analysis()`, per device),
-lower on a CPU where `fast_ops` computes 3x3 windows by Winograd. With --peak_tflops (the
+lower on a CPU, where `fast_ops` computes conv2-5 by Winograd. With --peak_tflops (the
 device's peak for the dtype) `mfu` is flops_per_step over the step time and that peak, for
 torch's step time too. Imports no TensorFlow.
 """

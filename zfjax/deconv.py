@@ -474,8 +474,8 @@ def rule_model(model: models.ConvNet, rule: str) -> models.ConvNet:
 
   Its convolutions are lax's own. Its forward values equal the literal method's forward
   pass up to float32 rounding (on CPUs that pass computes large maps' convolutions by
-  `fast_ops.cpu_conv`: matrix products or Winograd), so a switch can differ only where a pooling
-  window's two largest values tie within rounding."""
+  `fast_ops.cpu_conv`: matrix products or Winograd), so a switch can differ only where a
+  pooling window's two largest values tie within rounding."""
   model = model.clone(convolution=lax.conv_general_dilated)
   if rule == 'deconvnet':
     return model.clone(relu=_relu_deconvnet, normalize=_normalize_passthrough)

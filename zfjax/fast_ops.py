@@ -174,14 +174,23 @@ def cpu_conv(x: Array, kernel: Array, stride: int, padding, precision=None) -> A
   conv3..conv5. It does 1.6-2.25x fewer multiply-adds than the patches' matrix
   products, at the same rounding (on 2 CPU cores, ZFNet's training step at batch 32
   went 1.10-1.15x faster, on two hosts; benchmarks/RESULTS.md)."""
-  kh, kw, channels, _ = kernel.shape
-  out_h = (x.shape[1] + sum(padding[0]) - kh) // stride + 1
-  out_w = (x.shape[2] + sum(padding[1]) - kw) // stride + 1
-  per_image = out_h * out_w * kh * kw * channels * x.dtype.itemsize
-  if (kh == kw and -(-kh // stride) == 3 and per_image >= LARGE_PATCH_BYTES
-      and x.dtype == jnp.float32):
+  kh, kw = kernel.shape[:2]
+  if (kh == kw and -(-kh // stride) == 3 and x.dtype == jnp.float32
+      and _patch_bytes_per_image(x, kernel, stride, padding) >= LARGE_PATCH_BYTES):
     return winograd(x, kernel, stride, padding, precision)
   return conv(x, kernel, stride, padding, precision)
+
+
+def _output_size(x: Array, kernel: Array, stride: int, padding) -> tuple[int, int]:
+  """(height, width) of the NHWC x HWIO convolution's output; padding as ((lo, hi),) * 2."""
+  return tuple((x.shape[1 + axis] + sum(padding[axis]) - kernel.shape[axis]) // stride + 1
+               for axis in (0, 1))
+
+
+def _patch_bytes_per_image(x: Array, kernel: Array, stride: int, padding) -> int:
+  """Bytes of one image's im2col patches: output cells x kh * kw * C."""
+  out_h, out_w = _output_size(x, kernel, stride, padding)
+  return out_h * out_w * math.prod(kernel.shape[:3]) * x.dtype.itemsize
 
 
 def _is_nhwc(dimension_numbers, ndim) -> bool:
@@ -212,17 +221,13 @@ def conv(x: Array, kernel: Array, stride: int, padding, precision=None) -> Array
   transposition, are matrix products too: the patches by the output's gradient (the
   kernel's), and the output's gradient by the kernel, scattered back onto the input (the
   input's)."""
-  kh, kw, channels, _ = kernel.shape
-  (lo_h, hi_h), (lo_w, hi_w) = padding
-  out_h = (x.shape[1] + lo_h + hi_h - kh) // stride + 1
-  out_w = (x.shape[2] + lo_w + hi_w - kw) // stride + 1
-  per_image = out_h * out_w * kh * kw * channels * x.dtype.itemsize
+  per_image = _patch_bytes_per_image(x, kernel, stride, padding)
   if per_image < LARGE_PATCH_BYTES:
     return lax.conv_general_dilated(x, kernel, (stride, stride), padding,
                                     dimension_numbers=_NHWC, precision=precision)
   most = max(1, PATCH_BYTES // per_image)
-  product = lambda images: _times_kernel(patches(images, (kh, kw), stride, padding), kernel,
-                                         precision)
+  product = lambda images: _times_kernel(patches(images, kernel.shape[:2], stride, padding),
+                                         kernel, precision)
   n = x.shape[0]
   if n <= most:
     return product(x)
@@ -311,8 +316,7 @@ def winograd(x: Array, kernel: Array, stride: int, padding, precision=None,
                      f'stride) = 3, got a {kernel.shape[0]}x{kernel.shape[1]} kernel with '
                      f'stride {stride}')
   (lo_h, hi_h), (lo_w, hi_w) = padding
-  out_h = (x.shape[1] + lo_h + hi_h - k) // stride + 1
-  out_w = (x.shape[2] + lo_w + hi_w - k) // stride + 1
+  out_h, out_w = _output_size(x, kernel, stride, padding)
   height, width = ((-(-size // m) * m + 2) * stride for size in (out_h, out_w))
   x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (lo_h, height - x.shape[1] - lo_h, 0),
                                           (lo_w, width - x.shape[2] - lo_w, 0), (0, 0, 0)))

@@ -85,18 +85,26 @@ def test_ceil_mode_pool_overhangs_the_end():
   assert float(pooled[0, -1, -1, 0]) == 110 * 110 - 1          # window rows 108..110(pad)
 
 
-def test_local_response_norm_equals_the_formula_and_torch():
+@pytest.mark.parametrize('beta', [0.75, 0.5])  # 0.75 by square roots, others by power
+def test_local_response_norm_equals_the_formula_and_torch(beta):
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 5, 7)) * 20, jnp.float32)
-  got = np.asarray(models.local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=2.0))
+  got = np.asarray(models.local_response_norm(x, size=5, alpha=1e-4, beta=beta, k=2.0))
   xn = np.asarray(x)
   expected = np.empty_like(xn)
   for c in range(7):
     window = xn[..., max(0, c - 2):c + 3]
-    expected[..., c] = xn[..., c] / (2.0 + 1e-4 * (window ** 2).sum(-1)) ** 0.75
+    expected[..., c] = xn[..., c] / (2.0 + 1e-4 * (window ** 2).sum(-1)) ** beta
   np.testing.assert_allclose(got, expected, rtol=1e-5)
-  lrn = torch.nn.LocalResponseNorm(size=5, alpha=5 * 1e-4, beta=0.75, k=2.0)
-  torch_out = lrn(torch.tensor(xn).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
-  np.testing.assert_allclose(got, torch_out, rtol=1e-5)
+  lrn = torch.nn.LocalResponseNorm(size=5, alpha=5 * 1e-4, beta=beta, k=2.0)
+  torch_x = torch.tensor(xn).permute(0, 3, 1, 2).requires_grad_()
+  torch_out = lrn(torch_x).permute(0, 2, 3, 1)
+  np.testing.assert_allclose(got, torch_out.detach().numpy(), rtol=1e-5)
+  # The gradient of a weighted sum, against torch's autograd.
+  weights = np.random.default_rng(1).standard_normal(xn.shape).astype(np.float32)
+  grad = jax.grad(lambda x: (models.local_response_norm(x, 5, 1e-4, beta, 2.0) * weights).sum())
+  (torch_out * torch.tensor(weights)).sum().backward()
+  torch_grad = torch_x.grad.permute(0, 2, 3, 1).numpy()
+  np.testing.assert_allclose(grad(x), torch_grad, rtol=1e-5, atol=1e-6 * np.abs(torch_grad).max())
 
 
 @pytest.mark.parametrize('images,message', [

@@ -45,11 +45,17 @@ def local_response_norm(x: Array, size: int = 5, alpha: float = 1e-4, beta: floa
                         k: float = 2.0) -> Array:
   """AlexNet's normalization across the channel axis of an NHWC map.
 
-  x_c / (k + alpha * sum over the `size` maps centred on c of x^2) ** beta."""
+  x_c / (k + alpha * sum over the `size` maps centred on c of x^2) ** beta. Beta 0.75
+  (every network here) goes as sqrt(d) * sqrt(sqrt(d)): XLA:CPU evaluates a power by
+  exp and log, and the two square roots measured 2x faster forward and 2-3x in the
+  gradient, equally close to float64 (1.8e-7 of the largest output, 1.4e-7 for pow)."""
   half = size // 2
   squares = lax.reduce_window(jnp.square(x), 0.0, lax.add, (1, 1, 1, size), (1, 1, 1, 1),
                               ((0, 0), (0, 0), (0, 0), (half, size - 1 - half)))
-  return x / (k + alpha * squares) ** beta
+  denominator = k + alpha * squares
+  if beta == 0.75:
+    return x / (jnp.sqrt(denominator) * jnp.sqrt(jnp.sqrt(denominator)))
+  return x / denominator ** beta
 
 
 def max_pool(x: Array, record: Pool) -> Array:

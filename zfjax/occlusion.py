@@ -73,8 +73,9 @@ def sensitivity(model: models.ConvNet, variables, image: Array, label: int,
     convolution whose window rounds up to whole tiles inside its map (the others stay
     direct); with method='naive' nowhere. True asks for it, so it needs the incremental
     method. False is the exact direct mode (equal to method='naive' up to float32 rounding).
-  chunk_size: at most this many positions go through the network together (vmapped), per
-    step of a loop; fewer steps run faster and hold more memory.
+  chunk_size: at most this many positions go through the map layers together (vmapped),
+    per step of a loop; fewer steps run faster and hold more memory. The dense layers
+    take max(chunk_size, 1024) positions per step.
   """
   image = jnp.asarray(image)
   if image.ndim != 3:
@@ -159,7 +160,9 @@ def _sensitivity(model, variables, image, label, fill, *, patch, stride, layer, 
       outs.append(invariance.padded_map(evaluate, windows, chunk_size))
       indices.append(index)
     order = np.argsort(np.concatenate(indices))
-    out_logits, feature = (jnp.concatenate(parts)[order] for parts in zip(*outs))
+    last_maps, feature = (jnp.concatenate(parts)[order] for parts in zip(*outs))
+    head = functools.partial(_head, model, variables['params'], model.spec[len(plan):])
+    out_logits = invariance.padded_map(head, last_maps, max(chunk_size, _HEAD_CHUNK))
   probs = jax.nn.softmax(out_logits)
   projection = deconv.project(model, variables, image[None], layer, channel[None])[0, 0]
   return Sensitivity(
@@ -178,6 +181,10 @@ def _sensitivity(model, variables, image, label, fill, *, patch, stride, layer, 
 # and each class hold this many positions along its axis (each group compiles a loop body).
 _MIN_SAVING = 0.05
 _MIN_CLASS = 8
+# The dense layers take every group's positions together, up to this many per step (75 MB
+# of activations for ZFNet): one fc6 product at 625 positions ran at 200 GFLOP/s where four
+# per group, beside the groups' convolutions, averaged half that.
+_HEAD_CHUNK = 1024
 
 
 class _Step(NamedTuple):
@@ -374,7 +381,7 @@ def _group_params(params, plan, kernels):
 
 
 def _incremental(model, params, cache, plan, windows, *, fill, patch, layer, channel):
-  """Logits and feature sum for one occluder; its windows (a _Window per step) from _group."""
+  """Last map and feature sum for one occluder; its windows (a _Window per step), _group."""
   values = jnp.full((patch, patch, 3), fill, cache['input'].dtype)
   feature = None
   for step, window in zip(plan, windows):
@@ -389,16 +396,20 @@ def _incremental(model, params, cache, plan, windows, *, fill, patch, layer, cha
     values = _layer_valid(model, step, params, region)
     if record.name == layer:
       feature = _merged_sum(cache[layer][..., channel], values[..., channel], window.at)
-  last = plan[-1].record.name
-  x = _write(cache[last], values, windows[-1].at)[None]
-  for record in model.spec[len(plan):]:
+  return _write(cache[plan[-1].record.name], values, windows[-1].at), feature
+
+
+def _head(model, params, records, x):
+  """Logits of one occluder from its last map, by the layers after the maps (records)."""
+  x = x[None]
+  for record in records:
     if isinstance(record, AvgPool):
       x = models.adaptive_avg_pool(x, record.size)
     else:
       x = x.reshape(1, -1) @ params[record.name]['kernel'] + params[record.name]['bias']
       if record.relu:
         x = model.relu(x)
-  return x[0], feature
+  return x[0]
 
 
 def _merged_region(cached_input, values, window, step, k, s, p):

@@ -9,6 +9,7 @@ import inspect
 import math
 import pathlib
 import sys
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -83,6 +84,22 @@ def test_incremental_equals_naive(maps, patch, stride, fill, winograd, chunk_siz
                                atol=1e-5 * float(slow.unoccluded_feature))
     assert float(jnp.abs(fast.prob - fast.unoccluded_prob).max()) > 1e-4  # it matters
     assert float(jnp.abs(fast.feature - fast.unoccluded_feature).max()) > 0
+
+
+def test_the_dense_layers_run_in_each_loop_when_the_last_maps_are_too_many(setup, maps):
+  """Past _HEAD_AFTER_BYTES of last maps, each group's loop runs the dense layers itself.
+
+  The same maps as the naive method's, with the dense layers taken in each loop step
+  (_then_head) instead of over every position after the loops."""
+  model, variables, image = setup
+  slow = maps(patch=SHARED['patch'], stride=SHARED['stride'], fill=SHARED['fill'],
+              method='naive')
+  with mock.patch.object(occlusion, '_HEAD_AFTER_BYTES', 0), \
+       mock.patch.object(occlusion, '_then_head', wraps=occlusion._then_head) as in_loop:
+    fast = occlusion.sensitivity(model, variables, image, 3, **{**SHARED, 'chunk_size': 15})
+    assert in_loop.called
+  np.testing.assert_allclose(fast.prob, slow.prob, atol=1e-5)
+  np.testing.assert_array_equal(fast.top_class, slow.top_class)
 
 
 def test_the_default_is_winograd_where_it_applies(maps):

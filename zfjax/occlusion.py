@@ -75,7 +75,8 @@ def sensitivity(model: models.ConvNet, variables, image: Array, label: int,
     method. False is the exact direct mode (equal to method='naive' up to float32 rounding).
   chunk_size: at most this many positions go through the map layers together (vmapped),
     per step of a loop; fewer steps run faster and hold more memory. The dense layers
-    take max(chunk_size, 1024) positions per step.
+    take max(chunk_size, 1024) positions a step after the loops, while every position's
+    last map fits in 256 MiB (ZFNet at 224: 7281 positions), else chunk_size in them.
   """
   image = jnp.asarray(image)
   if image.ndim != 3:
@@ -151,18 +152,24 @@ def _sensitivity(model, variables, image, label, fill, *, patch, stride, layer, 
     per_position = jnp.asarray(grid.reshape(-1, 2) * stride, jnp.int32)
     out_logits, feature = invariance.padded_map(evaluate, per_position, chunk_size)
   else:
+    maps = _maps(model.spec, image.shape)
+    head = functools.partial(_head, model, variables['params'], model.spec[len(maps):])
+    last_map = cache[maps[-1][0].name]
+    head_after = rows * cols * last_map.size * last_map.dtype.itemsize <= _HEAD_AFTER_BYTES
     outs, indices, kernels = [], [], {}
     for plan, windows, index in _groups(model.spec, image.shape, patch, stride,
                                         field_threshold, winograd):
       params = _group_params(variables['params'], plan, kernels)
       evaluate = functools.partial(_incremental, model, params, cache, plan, fill=fill,
                                    patch=patch, layer=layer, channel=channel)
+      if not head_after:
+        evaluate = functools.partial(_then_head, head, evaluate)
       outs.append(invariance.padded_map(evaluate, windows, chunk_size))
       indices.append(index)
     order = np.argsort(np.concatenate(indices))
-    last_maps, feature = (jnp.concatenate(parts)[order] for parts in zip(*outs))
-    head = functools.partial(_head, model, variables['params'], model.spec[len(plan):])
-    out_logits = invariance.padded_map(head, last_maps, max(chunk_size, _HEAD_CHUNK))
+    out_logits, feature = (jnp.concatenate(parts)[order] for parts in zip(*outs))
+    if head_after:  # out_logits holds the last maps
+      out_logits = invariance.padded_map(head, out_logits, max(chunk_size, _HEAD_CHUNK))
   probs = jax.nn.softmax(out_logits)
   projection = deconv.project(model, variables, image[None], layer, channel[None])[0, 0]
   return Sensitivity(
@@ -183,8 +190,11 @@ _MIN_SAVING = 0.05
 _MIN_CLASS = 8
 # The dense layers take every group's positions together, up to this many per step (75 MB
 # of activations for ZFNet): one fc6 product at 625 positions ran at 200 GFLOP/s where four
-# per group, beside the groups' convolutions, averaged half that.
+# per group, beside the groups' convolutions, averaged half that. They do so while the
+# last maps of all positions fit in _HEAD_AFTER_BYTES (ZFNet: 36 KiB a position, 7281
+# positions); beyond that, each group's loop runs them, so memory stays flat.
 _HEAD_CHUNK = 1024
+_HEAD_AFTER_BYTES = 1 << 28
 
 
 class _Step(NamedTuple):
@@ -397,6 +407,12 @@ def _incremental(model, params, cache, plan, windows, *, fill, patch, layer, cha
     if record.name == layer:
       feature = _merged_sum(cache[layer][..., channel], values[..., channel], window.at)
   return _write(cache[plan[-1].record.name], values, windows[-1].at), feature
+
+
+def _then_head(head, evaluate, windows):
+  """evaluate's last map through the dense layers: logits and feature sum."""
+  last_map, feature = evaluate(windows)
+  return head(last_map), feature
 
 
 def _head(model, params, records, x):

@@ -175,11 +175,11 @@ def test_winograd_equals_lax_for_every_tile_size(height, width, cin, cout, kerne
   k = jax.random.normal(jax.random.key(1), (kernel, kernel, cin, cout))
   expected = lax.conv_general_dilated(x, k, (stride,) * 2, padding, dimension_numbers=NHWC,
                                       precision=lax.Precision.HIGHEST)
-  for m in (2, 3, 4):  # measured: about 3e-7, 9e-7 and 2.5e-6
+  for m in (2, 3, 4, (4, 3), (2, 4)):  # measured: about 3e-7, 9e-7 and 2.5e-6 for 2..4
     got = jax.jit(fast_ops.winograd, static_argnums=(2, 3, 4, 5))(x, k, stride, padding,
                                                                   None, m)
     assert got.shape == expected.shape
-    assert relative_error(got, expected) < 2e-6 * m, m
+    assert relative_error(got, expected) < 2e-6 * np.max(m), m
   with pytest.raises(ValueError, match=r'ceil\(kernel / stride\) = 3, got a 4x4 kernel'):
     fast_ops.winograd(x, jnp.zeros((4, 4, cin, cout)), 2, padding)
 

@@ -126,20 +126,32 @@ def test_the_shared_run_spans_several_chunks_split_unevenly():
 
 
 @pytest.mark.parametrize('patch,tiles', [
-    (32, {'conv2': 4, 'conv3': 4, 'conv4': 3, 'conv5': 4}),
-    (7, {'conv2': 3, 'conv3': 3, 'conv4': 4, 'conv5': 4}),
-    (224, {'conv2': 2})])  # conv3-5's whole 13x13 maps: no tile size fits
+    (32, {'conv2': (4, 4), 'conv3': (4, 4), 'conv4': (3, 3), 'conv5': (4, 4)}),
+    (7, {'conv2': (3, 3), 'conv3': (3, 3), 'conv4': (4, 4), 'conv5': (4, 4)}),
+    (224, {'conv2': (2, 2)})])  # conv3-5's whole 13x13 maps: no tile size fits
 def test_winograd_plan(patch, tiles):
-  """Winograd's plan: conv2-5 by F(m x m, 3 x 3) with the cheapest m that fits.
+  """Winograd's plan: conv2-5 by F(m_h x m_w, 3 x 3) with the cheapest tile that fits.
 
-  winograd=True: the windows of conv2-5 (ceil(kernel / stride) = 3) by F(m x m, 3 x 3),
-  m with the fewest multiplies, each window rounded up to whole tiles inside its map."""
+  winograd=True: the windows of conv2-5 (ceil(kernel / stride) = 3) by F(m_h x m_w, 3 x 3),
+  per axis the m with the fewest multiplies, each window rounded up to whole tiles inside
+  its map."""
   plan = occlusion._plan(SPEC, (224, 224, 3), patch, winograd=True)
   assert {step.record.name: step.tile for step in plan if step.tile} == tiles
   for step in plan:
-    m = step.tile or 1
-    assert all(c % m == 0 and s <= c < s + m and c <= n for c, s, n in
-               zip(step.computed_size, step.size, step.map_size))
+    assert all(c % m == 0 and s <= c < s + m and c <= n for c, s, n, m in
+               zip(step.computed_size, step.size, step.map_size, step.tile or (1, 1)))
+
+
+@pytest.mark.parametrize('window,map_size,tile', [
+    ((7, 9), (13, 13), (4, 3)),   # 12 x 15 products' rows and columns: 180, not 216 (4 x 4)
+    ((9, 7), (13, 13), (3, 4)),
+    ((8, 11), (13, 13), (4, 4)),  # 11: 3 tiles of 4 (18) before 4 of 3 (20)
+    ((4, 4), (13, 13), (4, 4)),   # one tile of 4 (6) before two of 2 (8)
+    ((6, 6), (6, 6), (3, 3)),     # 8 cells of tiles of 4 would not fit in 6
+    ((13, 6), (13, 13), ()),      # 13 cells fit no whole tiles of 2..4 inside 13
+])
+def test_winograd_tile_is_cheapest_per_axis(window, map_size, tile):
+  assert occlusion._winograd_tile(window, map_size) == tile
 
 
 def test_border_groups_cover_every_change():

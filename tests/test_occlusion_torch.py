@@ -33,13 +33,14 @@ PAPER_WIDTHS = dict(conv_features=(96, 256, 384, 384, 256), fc_features=(512, 51
 # name: (spec, image side, patch, stride, winograd tiles the plan must choose)
 NETWORKS = {
     'zfnet': (architecture.zfnet(10, **PAPER_WIDTHS), 145, 16, 40,
-              {'conv2': 3, 'conv3': 3, 'conv4': 4, 'conv5': 4}),
+              {'conv2': (3, 3), 'conv3': (3, 3), 'conv4': (4, 4), 'conv5': (4, 4)}),
     'alexnet': (architecture.alexnet(10, **PAPER_WIDTHS), 143, 12, 40,
-                {'conv1': 3, 'conv3': 4, 'conv4': 4, 'conv5': 4}),
+                {'conv1': (3, 3), 'conv3': (4, 4), 'conv4': (4, 4), 'conv5': (4, 4)}),
     'pytorchcv_zfnet': (architecture.pytorchcv_zfnet(10, **PAPER_WIDTHS), 145, 8, 40,
-                        {'conv2': 3, 'conv3': 3, 'conv4': 4, 'conv5': 4}),
+                        {'conv2': (3, 3), 'conv3': (3, 3), 'conv4': (4, 4), 'conv5': (4, 4)}),
     'digits': (architecture.small_zfnet(10), 32, 4, 8,   # configs/digits.py's widths
-               {'conv1': 3, 'conv2': 3, 'conv3': 3, 'conv4': 4, 'conv5': 4}),
+               {'conv1': (3, 3), 'conv2': (3, 3), 'conv3': (3, 3), 'conv4': (4, 4),
+                'conv5': (4, 4)}),
 }
 
 
@@ -121,7 +122,9 @@ def test_border_groups_equal_torch_and_naive():
   groups = occlusion._groups(spec, (size, size, 3), patch, stride, winograd=True)
   assert len(groups) == 4
   assert sorted(np.concatenate([index for *_, index in groups])) == list(range(17 * 17))
-  assert len({tuple(step.tile for step in plan) for plan, *_ in groups}) > 1
+  tiles = {tuple(step.tile for step in plan) for plan, *_ in groups}
+  assert len(tiles) > 1
+  assert {(4, 3), (3, 4)} <= {tile for plan in tiles for tile in plan}  # tiles of 4 x 3
   maps, reference, net = default_and_torch('zfnet', spec, size, patch, stride, seed=6)
   model, variables, image, label = net
   assert np.ptp(reference) > 1e-3

@@ -301,15 +301,16 @@ def patches(x: Array, kernel_size, stride: int, padding) -> Array:
 
 
 def winograd(x: Array, kernel: Array, stride: int, padding, precision=None,
-             m: int = 2) -> Array:
+             m: int | tuple[int, int] = 2) -> Array:
   """An NHWC x HWIO convolution with ceil(k / stride) = 3, by Winograd's F(m x m, 3 x 3).
 
-  padding: ((low, high), (low, high)), zeros. The outputs are computed in whole m x m
-  tiles (the input zero-padded to them) and cut to the convolution's size. With m = 2
-  (the default) the rounding is that of the matrix products: 1.2-1.5e-6 of the largest
-  output against lax's convolution at float32's highest precision, for 1.3-1.6e-6 (m = 3:
-  5-6e-6, m = 4: 1.2-1.6e-5). Differentiable as it stands: its gradients are the same
-  transforms transposed, and matrix products of the transformed tiles."""
+  padding: ((low, high), (low, high)), zeros. m: the output tile, m x m or (m_h, m_w).
+  The outputs are computed in whole tiles (the input zero-padded to them) and cut to the
+  convolution's size. With m = 2 (the default) the rounding is that of the matrix
+  products: 1.2-1.5e-6 of the largest output against lax's convolution at float32's
+  highest precision, for 1.3-1.6e-6 (m = 3: 5-6e-6, m = 4: 1.2-1.6e-5). Differentiable
+  as it stands: its gradients are the same transforms transposed, and matrix products of
+  the transformed tiles."""
   k = kernel.shape[0]
   if kernel.shape[1] != k or -(-k // stride) != 3:
     raise ValueError(f'Winograd F(m x m, 3 x 3) needs a square kernel with ceil(kernel / '
@@ -317,7 +318,8 @@ def winograd(x: Array, kernel: Array, stride: int, padding, precision=None,
                      f'stride {stride}')
   (lo_h, hi_h), (lo_w, hi_w) = padding
   out_h, out_w = _output_size(x, kernel, stride, padding)
-  height, width = ((-(-size // m) * m + 2) * stride for size in (out_h, out_w))
+  height, width = ((-(-size // t) * t + 2) * stride
+                   for size, t in zip((out_h, out_w), _tile(m)))
   x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (lo_h, height - x.shape[1] - lo_h, 0),
                                           (lo_w, width - x.shape[2] - lo_w, 0), (0, 0, 0)))
   y = winograd_conv(x, winograd_kernel(kernel, m, stride), m, stride, precision)
@@ -349,37 +351,44 @@ def winograd_matrices(m: int, r: int = 3):
   return tuple(np.array(x, np.float64) for x in (a_t, g, b_t))
 
 
+def _tile(m) -> tuple[int, int]:
+  """An output tile's (height, width): m, or a pair (m_h, m_w) for F(m_h x m_w, 3 x 3)."""
+  return (m, m) if isinstance(m, int) else tuple(m)
+
+
 def winograd_kernel(kernel, m, stride):
   """A strided kernel as Winograd's G g G^T of its space-to-depth form.
 
   A (k, k, C, D) kernel of a stride-s convolution with ceil(k / s) = 3, as Winograd's
   G g G^T of its space-to-depth form (a 3x3 kernel over s*s*C channels; taps beyond k
-  are zero): ((m + 2)^2, s*s*C, D)."""
+  are zero), for tiles of m x m outputs, or m_h x m_w with m = (m_h, m_w):
+  ((m_h + 2) * (m_w + 2), s*s*C, D)."""
   k, _, c, d = kernel.shape
   kernel = jnp.pad(kernel, ((0, 3 * stride - k), (0, 3 * stride - k), (0, 0), (0, 0)))
   kernel = kernel.reshape(3, stride, 3, stride, c, d).transpose(0, 2, 1, 3, 4, 5)
-  g = winograd_matrices(m)[1]
-  # One (n^2, 9) @ (9, s*s*C*D) matmul: G g G^T for every channel pair, in the layout
-  # the products read (an einsum over both kernel axes measured about 5x slower).
-  transformed = jnp.asarray(np.kron(g, g), kernel.dtype) @ kernel.reshape(9, -1)
-  return transformed.reshape((m + 2) ** 2, -1, d)
+  g_h, g_w = (winograd_matrices(size)[1] for size in _tile(m))
+  # One (n_h * n_w, 9) @ (9, s*s*C*D) matmul: G g G^T for every channel pair, in the
+  # layout the products read (an einsum over both kernel axes measured about 5x slower).
+  transformed = jnp.asarray(np.kron(g_h, g_w), kernel.dtype) @ kernel.reshape(9, -1)
+  return transformed.reshape(len(g_h) * len(g_w), -1, d)
 
 
-def winograd_conv(x: Array, transformed_kernel: Array, m: int, stride: int,
+def winograd_conv(x: Array, transformed_kernel: Array, m: int | tuple[int, int], stride: int,
                   precision=None) -> Array:
-  """A VALID strided convolution of regions whose outputs are whole m x m tiles.
+  """A VALID strided convolution of regions whose outputs are whole m_h x m_w tiles.
 
-  x: (..., (t_h * m + 2) * s, (t_w * m + 2) * s, C), any leading axes (images, occluder
-  positions); transformed_kernel: `winograd_kernel(kernel, m, s)`. The VALID stride-s
-  convolution by the kernel zero-padded to 3s taps, (..., t_h * m, t_w * m, D), by
-  F(m x m, 3 x 3) on the space-to-depth form: the tiles' Kronecker-transformed inputs
-  times the transformed kernel, one matrix product per tile element (batched over every
-  tile of every region), then the inverse transform."""
-  a_t, _, b_t = winograd_matrices(m)
-  n = m + 2
+  m: the tile, m x m, or (m_h, m_w). x: (..., (t_h * m_h + 2) * s, (t_w * m_w + 2) * s,
+  C), any leading axes (images, occluder positions); transformed_kernel:
+  `winograd_kernel(kernel, m, s)`. The VALID stride-s convolution by the kernel
+  zero-padded to 3s taps, (..., t_h * m_h, t_w * m_w, D), by F(m_h x m_w, 3 x 3) on the
+  space-to-depth form: the tiles' Kronecker-transformed inputs times the transformed
+  kernel, one matrix product per tile element (batched over every tile of every region),
+  then the inverse transform."""
+  (m_h, m_w) = _tile(m)
+  (a_t_h, _, b_t_h), (a_t_w, _, b_t_w) = winograd_matrices(m_h), winograd_matrices(m_w)
   *lead, height, width, channels = x.shape
   rows, cols = height // stride, width // stride
-  tiles_h, tiles_w = (rows - 2) // m, (cols - 2) // m
+  tiles_h, tiles_w = (rows - 2) // m_h, (cols - 2) // m_w
   if stride > 1:  # (..., rows, cols, s*s*C), the kernel's (row, column, channel) order
     x = x.reshape(*lead, rows, stride, cols, stride, channels)
     x = jnp.swapaxes(x, -4, -3).reshape(*lead, rows, cols, stride * stride * channels)
@@ -388,16 +397,16 @@ def winograd_conv(x: Array, transformed_kernel: Array, m: int, stride: int,
   # passes without a matmul; stacking the n^2 tile slices and multiplying by B^T (x) B^T
   # measured about 2x slower, and whole occlusion calls 10% slower (benchmarks/RESULTS.md).
   rows_axis = len(lead)
-  rows_done = jnp.stack([_combine_slices(x, b_t[i], rows_axis, m, tiles_h) for i in range(n)])
-  inputs = jnp.stack([_combine_slices(rows_done, b_t[j], rows_axis + 2, m, tiles_w)
-                      for j in range(n)], 1)                    # (n, n, ..., t_h, t_w, C)
-  inputs = inputs.reshape(n * n, -1, inputs.shape[-1])
+  rows_done = jnp.stack([_combine_slices(x, row, rows_axis, m_h, tiles_h) for row in b_t_h])
+  inputs = jnp.stack([_combine_slices(rows_done, column, rows_axis + 2, m_w, tiles_w)
+                      for column in b_t_w], 1)                  # (n_h, n_w, ..., t_h, t_w, C)
+  inputs = inputs.reshape(len(b_t_h) * len(b_t_w), -1, inputs.shape[-1])
   products = jnp.einsum('pmc,pcd->pmd', inputs, transformed_kernel, precision=precision)
-  outputs = jnp.einsum('sp,pmd->smd', jnp.asarray(np.kron(a_t, a_t), x.dtype), products,
-                       precision=precision).reshape(m, m, *lead, tiles_h, tiles_w, -1)
-  k = len(lead)  # (m, m, ..., t_h, t_w, D) -> (..., t_h, m, t_w, m, D)
+  outputs = jnp.einsum('sp,pmd->smd', jnp.asarray(np.kron(a_t_h, a_t_w), x.dtype), products,
+                       precision=precision).reshape(m_h, m_w, *lead, tiles_h, tiles_w, -1)
+  k = len(lead)  # (m_h, m_w, ..., t_h, t_w, D) -> (..., t_h, m_h, t_w, m_w, D)
   outputs = outputs.transpose(*range(2, 2 + k), 2 + k, 0, 3 + k, 1, 4 + k)
-  return outputs.reshape(*lead, tiles_h * m, tiles_w * m, -1)
+  return outputs.reshape(*lead, tiles_h * m_h, tiles_w * m_w, -1)
 
 
 def _combine_slices(x, coefficients, axis, m, tiles):

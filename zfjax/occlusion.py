@@ -205,7 +205,7 @@ class _Step(NamedTuple):
   exact_size: tuple[int, int]  # the same without field thresholding
   map_size: tuple[int, int]    # this layer's output size
   input_size: tuple[int, int]  # its input map's size
-  tile: int                    # Winograd output tile m (0: direct convolution)
+  tile: tuple[int, ...]        # Winograd output tile (m_h, m_w); (): direct convolution
   computed_size: tuple[int, int]  # the window computed: size rounded up to whole tiles
 
 
@@ -326,8 +326,8 @@ def _group(spec, image_shape, patch, rows, cols, field_threshold, winograd):
     exact, size, first = (tuple(x) for x in zip(*sizes))
     k, s, p = _kernel_stride_pad(record)
     tile = _winograd_tile(size, map_size) if (
-        winograd and isinstance(record, Conv) and -(-k // s) == 3) else 0
-    computed = tuple(-(-w // tile) * tile for w in size) if tile else size
+        winograd and isinstance(record, Conv) and -(-k // s) == 3) else ()
+    computed = tuple(-(-w // m) * m for w, m in zip(size, tile)) if tile else size
     steps.append(_Step(record, input_name, size, exact, map_size, input_size, tile, computed))
     if isinstance(record, Norm):  # per cell: the same window (only `at` is read)
       windows.append((at, at, tuple(np.zeros_like(a) for a in at)))
@@ -351,20 +351,26 @@ def _macs(plan, channels) -> int:
   for step in plan:
     if isinstance(step.record, Conv):
       k, s, _ = _kernel_stride_pad(step.record)
-      taps = (step.tile + 2) ** 2 * s * s / step.tile ** 2 if step.tile else k * k
+      taps = math.prod((m + 2) * s / m for m in step.tile) if step.tile else k * k
       total += (math.prod(step.computed_size) * taps * channels[step.input_name]
                 * step.record.features)
   return total
 
 
-def _winograd_tile(window, map_size) -> int:
-  """The cheapest Winograd tile size for a window, or 0 if none fits.
+def _winograd_tile(window, map_size) -> tuple[int, ...]:
+  """The cheapest Winograd tile for a window, (m_h, m_w); () if none fits.
 
-  The Winograd tile m in 2..4 with the fewest multiplies for this window (tiles times
-  (m + 2)^2), among those whose rounded-up window fits the map; 0 if none does."""
-  costs = {m: math.prod(-(-w // m) for w in window) * (m + 2) ** 2 for m in (2, 3, 4)
-           if all(-(-w // m) * m <= n for w, n in zip(window, map_size))}
-  return min(costs, key=costs.get) if costs else 0
+  F(m_h x m_w, 3 x 3) takes (m_h + 2)(m_w + 2) products a tile, so the multiplies
+  factor by axis: per axis, the m in 2..4 with the fewest tiles times (m + 2) (the
+  smallest such m: the least rounding), among those whose rounded-up window fits the
+  map. A 7 x 9 window goes by 4 x 3 tiles: 17% fewer products than by 4 x 4 or 3 x 3."""
+  tile = []
+  for w, n in zip(window, map_size):
+    costs = {m: -(-w // m) * (m + 2) for m in (2, 3, 4) if -(-w // m) * m <= n}
+    if not costs:
+      return ()
+    tile.append(min(costs, key=costs.get))
+  return tuple(tile)
 
 
 def _kernel_stride_pad(record):

@@ -384,7 +384,7 @@ def winograd_conv(x: Array, transformed_kernel: Array, m: int | tuple[int, int],
   space-to-depth form: the tiles' Kronecker-transformed inputs times the transformed
   kernel, one matrix product per tile element (batched over every tile of every region),
   then the inverse transform."""
-  (m_h, m_w) = _tile(m)
+  m_h, m_w = _tile(m)
   (a_t_h, _, b_t_h), (a_t_w, _, b_t_w) = winograd_matrices(m_h), winograd_matrices(m_w)
   *lead, height, width, channels = x.shape
   rows, cols = height // stride, width // stride

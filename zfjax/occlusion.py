@@ -152,9 +152,9 @@ def _sensitivity(model, variables, image, label, fill, *, patch, stride, layer, 
     per_position = jnp.asarray(grid.reshape(-1, 2) * stride, jnp.int32)
     out_logits, feature = invariance.padded_map(evaluate, per_position, chunk_size)
   else:
-    maps = _maps(model.spec, image.shape)
-    head = functools.partial(_head, model, variables['params'], model.spec[len(maps):])
-    last_map = cache[maps[-1][0].name]
+    map_layers = _maps(model.spec, image.shape)
+    head = functools.partial(_head, model, variables['params'], model.spec[len(map_layers):])
+    last_map = cache[map_layers[-1][0].name]
     head_after = rows * cols * last_map.size * last_map.dtype.itemsize <= _HEAD_AFTER_BYTES
     outs, indices, kernels = [], [], {}
     for plan, windows, index in _groups(model.spec, image.shape, patch, stride,
@@ -167,9 +167,9 @@ def _sensitivity(model, variables, image, label, fill, *, patch, stride, layer, 
       outs.append(invariance.padded_map(evaluate, windows, chunk_size))
       indices.append(index)
     order = np.argsort(np.concatenate(indices))
-    out_logits, feature = (jnp.concatenate(parts)[order] for parts in zip(*outs))
-    if head_after:  # out_logits holds the last maps
-      out_logits = invariance.padded_map(head, out_logits, max(chunk_size, _HEAD_CHUNK))
+    outputs, feature = (jnp.concatenate(parts)[order] for parts in zip(*outs))
+    out_logits = (invariance.padded_map(head, outputs, max(chunk_size, _HEAD_CHUNK))
+                  if head_after else outputs)  # the last maps, or logits already
   probs = jax.nn.softmax(out_logits)
   projection = deconv.project(model, variables, image[None], layer, channel[None])[0, 0]
   return Sensitivity(
@@ -361,9 +361,9 @@ def _winograd_tile(window, map_size) -> tuple[int, ...]:
   """The cheapest Winograd tile for a window, (m_h, m_w); () if none fits.
 
   F(m_h x m_w, 3 x 3) takes (m_h + 2)(m_w + 2) products a tile, so the multiplies
-  factor by axis: per axis, the m in 2..4 with the fewest tiles times (m + 2) (the
-  smallest such m: the least rounding), among those whose rounded-up window fits the
-  map. A 7 x 9 window goes by 4 x 3 tiles: 17% fewer products than by 4 x 4 or 3 x 3."""
+  factor by axis: per axis, the m in 2..4 with the fewest tiles times (m + 2) (on a tie
+  the smaller m, which rounds least), among those whose rounded-up window fits the map.
+  A 7 x 9 window goes by 4 x 3 tiles: 17% fewer products than by 4 x 4 or 3 x 3."""
   tile = []
   for w, n in zip(window, map_size):
     costs = {m: -(-w // m) * (m + 2) for m in (2, 3, 4) if -(-w // m) * m <= n}
